@@ -23,6 +23,11 @@ def camera_key(camera: str, main_camera: str) -> str:
     return "image" if camera == main_camera else f"image_{camera}"
 
 
+def camera_of_key(key: str) -> str:
+    """Dataset camera name of an observation key: ``image`` -> ``image``, ``image_wrist`` -> ``wrist``."""
+    return key if key == "image" else key.removeprefix("image_")
+
+
 def observation_space(height: int, width: int, extra_cameras: Sequence[str] = ()) -> spaces.Dict:
     """``Dict(image=Box(uint8, (H, W, 3)), instruction=Text, [image_<camera>=...])``."""
     image = spaces.Box(low=0, high=255, shape=(height, width, 3), dtype=np.uint8)

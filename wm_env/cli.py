@@ -1,0 +1,93 @@
+"""The ``wmgym`` command line. Each leaf command parses its own typed config dataclass (tyro).
+
+Examples::
+
+    wmgym demo sim --resolution 128
+    wmgym data collect --family lift --episodes 100 --out data/lift
+    wmgym data collect --family all --episodes 400 --quality 1.0 0.5 0.0 --out data/mixed
+    wmgym data info data/lift
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+COMMANDS: dict[tuple[str, str], tuple[str, Callable[[list[str], str], None]]] = {}
+
+
+def command(group: str, name: str, summary: str):
+    """Register ``wmgym <group> <name>``."""
+
+    def register(fn: Callable[[list[str], str], None]):
+        COMMANDS[(group, name)] = (summary, fn)
+        return fn
+
+    return register
+
+
+@command("demo", "sim", "the scripted experts solve one episode of each task family (GIF grid)")
+def _demo_sim(args: list[str], prog: str) -> None:
+    import tyro
+
+    from wm_env.sim.demo import SimDemoConfig, run_sim_demo
+
+    run_sim_demo(tyro.cli(SimDemoConfig, args=args, prog=prog))
+
+
+@command(
+    "data", "collect", "record scripted-expert sim episodes as a LeRobot v3 dataset (resumable)"
+)
+def _data_collect(args: list[str], prog: str) -> None:
+    import tyro
+
+    from wm_env.sim.collect import CollectConfig, collect
+
+    config = tyro.cli(CollectConfig, args=args, prog=prog)
+    dataset = collect(config)
+    print(
+        f"{dataset.num_episodes} episodes, {dataset.num_frames} frames at {dataset.fps:g} fps in {dataset.root}"
+    )
+
+
+@command("data", "info", "summarise a LeRobot v3 dataset: episodes, frames, success, instructions")
+def _data_info(args: list[str], prog: str) -> None:
+    import argparse
+
+    from wm_env.dataset.info import summarize
+
+    parser = argparse.ArgumentParser(prog=prog, description="Summarise a LeRobot v3 dataset.")
+    parser.add_argument("root", help="dataset directory")
+    print(summarize(parser.parse_args(args).root))
+
+
+def _usage() -> str:
+    lines = [
+        "usage: wmgym <group> <command> [options]   (wmgym <group> <command> --help)",
+        "",
+        "commands:",
+    ]
+    for (group, name), (summary, _) in COMMANDS.items():
+        lines.append(f"  {group} {name:<10} {summary}")
+    return "\n".join(lines + ["", __doc__.split("Examples::", 1)[1].rstrip()])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``wmgym`` console script."""
+    from wm_env.errors import unknown_name_message
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) < 2 or argv[0] in ("-h", "--help"):
+        print(_usage())
+        raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
+    key = (argv[0], argv[1])
+    if key not in COMMANDS:
+        valid = [f"{g} {n}" for g, n in COMMANDS]
+        print(unknown_name_message("command", f"{argv[0]} {argv[1]}", valid), file=sys.stderr)
+        raise SystemExit(2)
+    _, run = COMMANDS[key]
+    run(argv[2:], prog=f"wmgym {argv[0]} {argv[1]}")
+
+
+if __name__ == "__main__":
+    main()
