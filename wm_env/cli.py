@@ -74,7 +74,7 @@ def _usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``wmgym`` console script."""
-    from wm_env.errors import unknown_name_message
+    from wm_env.errors import UnknownNameError, unknown_name_message
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) < 2 or argv[0] in ("-h", "--help"):
@@ -86,7 +86,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(unknown_name_message("command", f"{argv[0]} {argv[1]}", valid), file=sys.stderr)
         raise SystemExit(2)
     _, run = COMMANDS[key]
-    run(argv[2:], prog=f"wmgym {argv[0]} {argv[1]}")
+    prog = f"wmgym {argv[0]} {argv[1]}"
+    try:
+        run(argv[2:], prog=prog)
+    except UnknownNameError as exc:  # a mistyped name in an option (e.g. --family lfit)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

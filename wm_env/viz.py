@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def caption(
     bar = np.full((height, w, 3), 255, dtype=np.uint8)
     scale = 0.36 if w < 300 else 0.5
     max_chars = max(8, int(w / (scale * 19)))
-    lines = [text[i : i + max_chars] for i in range(0, len(text), max_chars)][:2]
+    lines = textwrap.wrap(text, max_chars)[:2]
     for i, line in enumerate(lines):
         cv2.putText(
             bar, line, (3, 11 + 12 * i), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA

@@ -49,7 +49,7 @@ def run_sim_demo(config: SimDemoConfig) -> Path:
         print(
             f"{family:>6}: {rollout.instruction!r} -> {'success' if rollout.success else 'failure'} in {len(rollout.actions)} steps"
         )
-        factor = max(1, 192 // config.resolution)
+        factor = max(1, -(-192 // config.resolution))  # at least 192 px wide
         videos.append(
             caption(upscale(rollout.frames["image"], factor), rollout.instruction, rollout.success)
         )

@@ -223,12 +223,31 @@ class TabletopEnv(gym.Env):
         return {"spec": self.episode_spec.to_dict(), "physics_state": self._start_physics.tolist()}
 
     def physics_state(self) -> np.ndarray:
-        """The current full physics state (for :meth:`set_physics_state`)."""
-        return self.scene.get_physics_state()
+        """The current full state (for :meth:`set_physics_state`).
+
+        The MuJoCo integration state followed by each gripper's command (one value per finger
+        actuator): robosuite integrates gripper actions into that command outside MuJoCo, so the
+        steps after a restore depend on it.
+        """
+        commands = [
+            np.broadcast_to(gripper.current_action, (len(gripper.actuators),))
+            for gripper in self._grippers()
+        ]
+        return np.concatenate([self.scene.get_physics_state(), *commands]).astype(np.float64)
 
     def set_physics_state(self, state: np.ndarray) -> None:
         """Restore a state from :meth:`physics_state` within the current episode."""
-        self.scene.set_physics_state(state)
+        state = np.asarray(state, dtype=np.float64)
+        end = len(state)
+        for gripper in reversed(self._grippers()):
+            size = len(gripper.actuators)
+            gripper.current_action = state[end - size : end].copy()
+            end -= size
+        self.scene.set_physics_state(state[:end])
+
+    def _grippers(self) -> list:
+        grippers = self.scene.robots[0].gripper
+        return [grippers[arm] for arm in sorted(grippers)]
 
     def privileged_state(self) -> PrivilegedState:
         """True object poses and the end-effector pose, for scripted experts."""

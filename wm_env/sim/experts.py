@@ -84,6 +84,7 @@ class Phase:
     gripper: float
     done: Callable[[PrivilegedState, int], bool]  # (state, steps spent in phase) -> bool
     yaw_of: str | None = None  # align the gripper with this object's yaw
+    yaw: float | None = None  # or hold this yaw (radians from the home pose)
 
 
 def _rz(yaw: float) -> np.ndarray:
@@ -246,6 +247,9 @@ class ScriptedExpert:
         push_z = TABLE_TOP_Z + 0.015
         behind = CUBE_HALF + 0.03
         travel = PUSH_TRAVEL * (0.35 if self.gives_up else 1.0)
+        # The Panda hand is long along its finger axis (world y at home): turn it across the
+        # push direction so it does not sweep over the cube, and the closed fingers push flat.
+        yaw = np.pi / 2 if abs(d[1]) > abs(d[0]) else 0.0
 
         def pre(s: PrivilegedState) -> np.ndarray:
             p = s.object_positions[target] - behind * d
@@ -263,9 +267,9 @@ class ScriptedExpert:
             return float(np.dot(s.object_positions[target] - start, d)) >= travel or n > 40
 
         return [
-            Phase("pre-push", pre, CLOSE, _near(pre, 0.015)),
-            Phase("lower", down, CLOSE, _near(down, 0.012)),
-            Phase("push", pushing, CLOSE, pushed),
+            Phase("pre-push", pre, CLOSE, _near(pre, 0.015), yaw=yaw),
+            Phase("lower", down, CLOSE, _near(down, 0.012), yaw=yaw),
+            Phase("push", pushing, CLOSE, pushed, yaw=yaw),
             Phase(
                 "retreat",
                 lambda s: s.eef_position * [1, 1, 0] + [0, 0, push_z + 0.12],
@@ -294,6 +298,8 @@ class ScriptedExpert:
         action[:3] = POS_GAIN * (phase.target(state) - state.eef_position)
         if phase.yaw_of:  # align with the object; later phases keep the last alignment
             self.yaw = _grasp_yaw(state.object_yaws[phase.yaw_of])
+        elif phase.yaw is not None:
+            self.yaw = phase.yaw
         goal_rotation = _rz(self.yaw) @ self.home_rotation
         action[3:6] = ROT_GAIN * _axis_angle(goal_rotation @ state.eef_rotation.T)
         action[6] = phase.gripper

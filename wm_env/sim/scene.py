@@ -15,6 +15,12 @@ from dataclasses import dataclass
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering without a display
 
+import logging  # noqa: E402
+
+# robosuite warns at import (no private macro file, optional robots) and on every env build
+# (unused controller parts); a filter on its logger outlives the levels robosuite sets itself.
+logging.getLogger("robosuite_logs").addFilter(lambda record: record.levelno >= logging.ERROR)
+
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from robosuite.controllers import load_composite_controller_config  # noqa: E402
@@ -40,7 +46,7 @@ PARK_POSITION = np.array([2.0, 2.0, 0.05])  # on the floor, far outside every ca
 # (position, look-at point, vertical field of view) in the world frame; the table centre is at (0, 0, 0.8) and the robot base
 # at (-0.56, 0, 0.91), facing +x.
 CAMERAS: dict[str, dict] = {
-    "workspace": {"pos": (0.40, -0.46, 1.42), "lookat": (-0.05, 0.0, 0.88), "fovy": 35.0},
+    "workspace": {"pos": (0.40, -0.46, 1.42), "lookat": (-0.05, 0.0, 0.88), "fovy": 32.0},
     "front": {"pos": (0.62, 0.0, 1.28), "lookat": (-0.05, 0.0, 0.82), "fovy": 45.0},
 }
 ROBOSUITE_CAMERAS = {"wrist": "robot0_eye_in_hand"}
@@ -249,9 +255,25 @@ class TabletopScene(ManipulationEnv):
         mujoco.mj_forward(model, data)
 
     # ------------------------------------------------------------------ rendering
+    def make_render_context_current(self) -> None:
+        """Make this scene's GL context the current one (call before rendering through ``sim``).
+
+        robosuite makes a context current only when it creates it, so with several scenes in one
+        process a scene would render, and free its GL objects, in another scene's context: after
+        that scene is closed, images come out garbled.
+        """
+        context = self.sim._render_context_offscreen if self.sim is not None else None
+        if context is not None:
+            context.gl_ctx.make_current()
+
+    def close(self) -> None:
+        self.make_render_context_current()  # robosuite frees GL objects in the current context
+        super().close()
+
     def render_view(self, camera: str, height: int, width: int) -> np.ndarray:
         """uint8 ``(H, W, 3)`` image from a named camera, top row first."""
         name = ROBOSUITE_CAMERAS.get(camera, camera)
+        self.make_render_context_current()
         image = self.sim.render(camera_name=name, width=width, height=height)
         context = self.sim._render_context_offscreen
         if context is not None and not self.shadows:

@@ -19,7 +19,7 @@ import numpy as np
 from wm_env.errors import lookup
 
 TABLE_TOP_Z = 0.8
-CUBE_HALF = 0.025
+CUBE_HALF = 0.03  # 6 cm cubes: at least 8 px wide at 64x64 anywhere in the workspace
 BIN_HALF = 0.06
 
 # Task objects only ever take these colors; distractors only take the others.
@@ -48,7 +48,7 @@ DIRECTIONS: dict[str, tuple[float, float]] = {
 # Where objects may be placed (table frame, metres): inside the main camera's clear view.
 WORKSPACE_X = (-0.10, 0.10)
 WORKSPACE_Y = (-0.14, 0.14)
-FOOTPRINT = {"cube": 0.036, "bin": 0.085, "ball": 0.027, "cylinder": 0.025, "capsule": 0.02}
+FOOTPRINT = {"cube": 0.05, "bin": 0.1, "ball": 0.027, "cylinder": 0.025, "capsule": 0.02}
 BIN_REGION_X = (-0.08, 0.10)  # bins are large: they get a slightly wider band than cubes
 BIN_REGION_Y = (-0.16, 0.16)
 PUSH_DISTANCE = 0.08  # success: the cube moved this far in the asked direction

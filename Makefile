@@ -1,0 +1,26 @@
+# Fresh machine: `make demo` sets up .venv (CPU) and runs the main job; `make test` sets up and tests.
+VENV ?= .venv
+BIN := $(VENV)/bin
+export MUJOCO_GL ?= egl
+
+.PHONY: setup demo test test-all lint figures
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+
+demo: setup
+	$(BIN)/wmgym demo sim
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
+
+test-all: setup
+	$(BIN)/python -m pytest -q --durations=10
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+figures: setup
+	$(BIN)/python -m benchmarks.sim_figures

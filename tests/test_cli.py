@@ -1,0 +1,84 @@
+"""The ``wmgym`` command line (wm_env.cli.main)."""
+
+from __future__ import annotations
+
+import pytest
+
+from wm_env.cli import COMMANDS, main
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``wmgym argv``; return (exit code, stdout, stderr)."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_every_command(capsys):
+    """--help exits 0 and lists every registered command with its summary."""
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    for (group, name), (summary, _) in COMMANDS.items():
+        assert f"{group} {name}" in out and summary in out
+    assert {"data collect", "data info", "demo sim"} <= {f"{g} {n}" for g, n in COMMANDS}
+
+
+def test_missing_command_prints_usage_and_fails(capsys):
+    """No command: the usage is printed and the exit code is 2."""
+    code, out, _ = run([], capsys)
+    assert code == 2
+    assert "usage: wmgym" in out
+
+
+def test_mistyped_command_suggests_the_closest(capsys):
+    """`wmgym data colect` exits 2 with a did-you-mean on stderr."""
+    code, out, err = run(["data", "colect"], capsys)
+    assert code == 2
+    assert "did you mean 'data collect'" in err
+    assert out == ""
+
+
+def test_mistyped_family_surfaces_did_you_mean(capsys, tmp_path):
+    """`wmgym data collect --family lfit` exits 2 with the family did-you-mean on stderr
+    (no traceback) and writes nothing."""
+    out_dir = tmp_path / "never"
+    code, _, err = run(["data", "collect", "--family", "lfit", "--out", str(out_dir)], capsys)
+    assert code == 2
+    assert "did you mean 'lift'" in err
+    assert "Traceback" not in err
+    assert not out_dir.exists()
+
+
+def test_invalid_collect_option_is_a_usage_error(capsys, tmp_path):
+    """A value rejected by CollectConfig (episodes=0) exits 2 with the reason."""
+    code, out, err = run(
+        ["data", "collect", "--episodes", "0", "--out", str(tmp_path / "x")], capsys
+    )
+    assert code == 2
+    assert "episodes must be >= 1" in out + err
+
+
+def test_collect_help_documents_the_options(capsys):
+    """`wmgym data collect --help` exits 0 and shows the config's options."""
+    code, out, _ = run(["data", "collect", "--help"], capsys)
+    assert code == 0
+    for option in ("--family", "--episodes", "--out", "--resolution", "--quality", "--workers"):
+        assert option in out
+
+
+@pytest.mark.sim
+def test_data_info_summarises_a_dataset(lift_push_dataset, capsys):
+    """`wmgym data info DIR` prints the episode and frame counts and per-family success."""
+    from wm_env.dataset.lerobot import LeRobotDataset
+
+    dataset = LeRobotDataset(lift_push_dataset)
+    code, out, _ = run(["data", "info", str(lift_push_dataset)], capsys)
+    assert code == 0
+    assert f"{dataset.num_episodes} episodes, {dataset.num_frames} frames at 5 fps" in out
+    assert dataset.num_episodes == 2
+    assert "lift" in out and "push" in out
+    assert "cameras: image" in out

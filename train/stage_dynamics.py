@@ -1,0 +1,270 @@
+"""``wmgym train dynamics``: the DiT transition model over cached latents, into a bundle.
+
+Frames are encoded once (encoder + adapter of the bundle, frozen) and cached on disk; batches of
+clips are gathered from the cached latents with vectorised indexing, so the time goes to the DiT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from train.clips import ClipIndex
+from train.data import DataConfig, dataset_fingerprint, load_split
+from train.loop import OptimConfig, RuntimeConfig, Trainer, config_dict
+from wm_env.bundle import read_config, update_config, write_component
+from wm_env.world_model import (
+    build_adapter_from_config,
+    build_encoder_from_config,
+    condition_dim,
+    normalize_actions,
+)
+
+TARGETS = ("frame", "delta")
+
+
+@dataclass(frozen=True)
+class DynamicsStageConfig:
+    """Train the DiT transition model of a bundle (its encoder must exist already).
+
+    Attributes:
+        bundle: the model bundle directory (``wmgym train encoder`` wrote its encoder).
+        preset: DiT size preset (tiny, S, B, L, XL); hidden/depth/heads override it.
+        patch_size: tokens per side merged into one DiT token.
+        history: context frames ``l``.
+        future: frames predicted per clip in training (``delta`` needs 1).
+        frame_skip: dataset steps between world-model frames (actions in between are stacked).
+        target: ``frame`` (generate the next latents) or ``delta`` (the change from the last).
+        objective: ``flow`` (flow matching, logit-normal times with the dimension shift) or
+            ``ddpm`` (v-prediction, sigmoid betas).
+        shift: flow time shift; 0 = the dimension-dependent default sqrt(m / 4096).
+        num_steps: denoising steps at sampling time (stored in the bundle).
+        action_dropout: share of samples trained with the null action (classifier-free guidance).
+        run_dir: checkpoints, latent cache, loss log (default ``runs/<bundle name>/dynamics``).
+    """
+
+    bundle: Path = Path("models/default")
+    data: DataConfig = field(default_factory=DataConfig)
+    preset: str = "tiny"
+    hidden: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    patch_size: int = 1
+    history: int = 2
+    future: int = 1
+    frame_skip: int = 1
+    target: str = "delta"
+    objective: str = "flow"
+    shift: float = 0.0
+    num_steps: int = 10
+    action_dropout: float = 0.1
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            steps=20000,
+            batch_size=32,
+            lr=3e-4,
+            warmup_steps=300,
+            min_lr_ratio=0.1,
+            ema_decay=0.999,
+            checkpoint_every=500,
+        )
+    )
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    run_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}; got {self.target!r}")
+        if self.target == "delta" and self.future != 1:
+            raise ValueError("target='delta' predicts one frame at a time: set future=1")
+        if self.history < 1 or self.future < 1 or self.frame_skip < 1:
+            raise ValueError(
+                f"history, future, frame_skip must be >= 1; got {self.history}, {self.future}, {self.frame_skip}"
+            )
+
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir or Path("runs") / self.bundle.name / "dynamics"
+
+
+# ---------------------------------------------------------------------- latent cache
+
+
+@torch.no_grad()
+def encode_frames(
+    encoder, adapter, frames: np.ndarray, batch_size: int = 256, progress: bool = True
+) -> torch.Tensor:
+    """uint8 frames ``(N, H, W, 3)`` -> float32 latents ``(N, L, D)`` on the CPU."""
+    out = []
+    for i in tqdm(range(0, len(frames), batch_size), desc="encoding frames", disable=not progress):
+        chunk = torch.from_numpy(frames[i : i + batch_size]).to(encoder.device)
+        out.append(adapter.encode(encoder.encode(chunk)).float().cpu())
+    return torch.cat(out)
+
+
+def cached_latents(path: Path, key: str, compute) -> torch.Tensor:
+    """Latents stored at ``path`` under fingerprint ``key``, computed (and saved) when stale."""
+    if path.exists():
+        stored = load_file(str(path))
+        if "key" in stored and bytes(stored["key"].numpy()).decode() == key:
+            return stored["latents"]
+    latents = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(
+        {
+            "latents": latents.contiguous(),
+            "key": torch.frombuffer(bytearray(key.encode()), dtype=torch.uint8),
+        },
+        str(tmp),
+    )
+    tmp.replace(path)
+    return latents
+
+
+# ---------------------------------------------------------------------- training
+
+
+def latent_statistics(
+    latents: torch.Tensor, starts: np.ndarray, frame_skip: int
+) -> dict[str, list[float]]:
+    """Per-channel mean/std of latents ``(N, L, D)`` and std of the change over one clip step."""
+    mean = latents.mean(dim=(0, 1))
+    std = latents.std(dim=(0, 1)).clamp_min(1e-4)
+    idx = torch.as_tensor(starts)
+    delta = (latents[idx + frame_skip] - latents[idx]) / std  # (C, L, D) normalised change
+    delta_std = (delta.std(dim=(0, 1)) * std).clamp_min(1e-4)
+    return {
+        "latent_mean": mean.tolist(),
+        "latent_std": std.tolist(),
+        "delta_std": delta_std.tolist(),
+    }
+
+
+def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Path:
+    """Train the DiT; write ``dynamics.safetensors`` and the action statistics into the bundle."""
+    from train.dit import DiT, DiTConfig
+    from train.flow import make_scheduler, shift_for_latents, training_loss
+
+    device = torch.device(config.runtime.device)
+    bundle_config = read_config(config.bundle)
+    if "encoder" not in bundle_config:
+        raise ValueError(
+            f"{config.bundle} has no encoder yet: run `wmgym train encoder --bundle {config.bundle}` first"
+        )
+    encoder = build_encoder_from_config(bundle_config, config.bundle, device)
+    adapter = build_adapter_from_config(bundle_config, config.bundle, device)
+    dataset, train, _ = load_split(config.data, progress)
+    run_dir = config.resolved_run_dir()
+    weights = [
+        bundle_config["files"][f]["sha256"]
+        for f in sorted(bundle_config["files"])
+        if f.split(".")[0] in ("encoder", "adapter")
+    ]
+    key = f"{dataset_fingerprint(dataset)}|{bundle_config['encoder']}|{bundle_config.get('adapter')}|{weights}"
+    latents = cached_latents(
+        run_dir / "latents_train.safetensors",
+        key,
+        lambda: encode_frames(encoder, adapter, train["frames"], progress=progress),
+    )
+    tokens, channels = latents.shape[1:]
+    grid = tuple(bundle_config["encoder"]["grid"])
+
+    clips = ClipIndex.build(train, config.history, config.future, config.frame_skip)
+    stats = latent_statistics(
+        latents, clips.starts + (config.history - 1) * config.frame_skip, config.frame_skip
+    )
+    mean, std = torch.tensor(stats["latent_mean"]), torch.tensor(stats["latent_std"])
+    delta_std = torch.tensor(stats["delta_std"])
+    normalized = ((latents - mean) / std).to(device)  # (N, L, D)
+    actions = torch.from_numpy(train["actions"]).to(device)  # (N, 7)
+    action_stats = {k: v for k, v in dataset.stats["action"].items()}
+
+    shift = config.shift or shift_for_latents(tokens, config.patch_size, channels)
+    scheduler_section = (
+        {"name": "flow", "shift": shift} if config.objective == "flow" else {"name": "ddpm"}
+    )
+    scheduler = make_scheduler(
+        **{
+            "name": scheduler_section["name"],
+            **({"shift": shift} if config.objective == "flow" else {}),
+        }
+    )
+    dit_config = DiTConfig(
+        in_channels=channels,
+        grid=grid,
+        patch_size=config.patch_size,
+        preset=config.preset,
+        hidden=config.hidden,
+        depth=config.depth,
+        heads=config.heads,
+        action_dim=condition_dim(config.frame_skip),
+        max_frames=config.history + config.future,
+        action_dropout=config.action_dropout,
+    )
+    model = DiT(dit_config)
+    batch = config.optim.batch_size
+    frames_per_clip = config.history + config.future
+
+    def loss_fn(dit, step: int):
+        rng = np.random.default_rng((config.runtime.seed, step))
+        clip_ids = rng.integers(0, len(clips), batch)
+        starts = torch.as_tensor(clips.starts[clip_ids], device=device)  # (B,)
+        rows = (
+            starts[:, None] + torch.arange(frames_per_clip, device=device) * config.frame_skip
+        )  # (B, T)
+        x0 = normalized[rows]  # (B, T, L, D)
+        if config.target == "delta":
+            change = (x0[:, -1] - x0[:, -2]) * (std / delta_std).to(device)
+            x0 = torch.cat([x0[:, :-1], change[:, None]], dim=1)
+        action_rows = rows[:, :-1, None] + torch.arange(
+            config.frame_skip, device=device
+        )  # (B, T-1, skip)
+        cond = normalize_actions(
+            actions[action_rows], action_stats, config.frame_skip
+        )  # (B, T-1, A)
+        null = torch.zeros_like(cond[:, :1])
+        null[..., -1] = 1.0
+        cond = torch.cat(
+            [null, cond], dim=1
+        )  # (B, T, A): frame i is conditioned on the action into it
+        generator = torch.Generator(device=device).manual_seed(
+            config.runtime.seed * 1_000_003 + step
+        )
+        loss = training_loss(dit, scheduler, x0, config.history, cond, generator=generator)
+        return loss, {}
+
+    trainer = Trainer(
+        model, loss_fn, run_dir, config.optim, config.runtime, run_config=config_dict(config)
+    )
+    trained = trainer.fit(progress)
+    section = {
+        "dit": {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(dit_config).items()
+        },
+        "scheduler": scheduler_section,
+        "history": config.history,
+        "future": config.future,
+        "frame_skip": config.frame_skip,
+        "target": config.target,
+        "num_steps": config.num_steps,
+        "tokens": int(tokens),
+        "steps": trainer.state.step,
+        "train_seconds": round(trainer.state.seconds, 1),
+        "dataset": dataset_fingerprint(dataset),
+        "encoder_sha256": weights,
+        **stats,
+    }
+    write_component(config.bundle, "dynamics", section, trained.state_dict())
+    low, high = action_stats["min"][:7], action_stats["max"][:7]
+    update_config(
+        config.bundle,
+        actions={"stats": action_stats, "low": low, "high": high, "frame_skip": config.frame_skip},
+    )
+    return config.bundle

@@ -1,0 +1,418 @@
+"""The world-model runtime: frames in, actions in, predicted frames out.
+
+``WorldModel.from_pretrained(bundle)`` loads the encoder (+ adapter), the pixel decoder (or the
+encoder's own decoder), and the DiT transition model with its noise scheduler. ``reset(frames)``
+encodes the start frames into the context, ``step(actions)`` generates one frame per episode in
+the batch (one batched model call per denoising step) and decodes it. Generation is
+autoregressive with a KV cache over the context window, so a rollout costs time linear in its
+length; it is deterministic for a given seed, and ``snapshot()`` / ``restore()`` copy its state
+(for planners that branch from one start).
+
+Latents inside the runtime are normalised per channel with the statistics stored in the bundle.
+Two dynamics targets exist (``dynamics.target`` in the bundle): ``frame`` (the DiT generates the
+next frame's latents, as in the paper) and ``delta`` (it generates the normalised change from the
+last frame; the default for small CPU models, see the README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wm_env.bundle import load_weights, verify
+from wm_env.spaces import ACTION_DIM
+
+# ---------------------------------------------------------------------- component builders
+
+
+def build_encoder_from_config(
+    config: dict[str, Any], bundle: str | os.PathLike, device: str | torch.device = "cpu"
+):
+    """The frozen encoder of a bundle (weights from the bundle, or a pretrained local path)."""
+    from train.encoders import VAEEncoder, build_encoder
+
+    section = config["encoder"]
+    if "vae_config" in section:
+        encoder = VAEEncoder.from_config(section["vae_config"], image_size=section["image_size"])
+        encoder.load_state_dict(load_weights(bundle, config, "encoder"))
+    else:
+        encoder = build_encoder(section["name"], **section.get("options", {}))
+    return encoder.freeze().to(device).eval()
+
+
+def build_adapter_from_config(
+    config: dict[str, Any], bundle: str | os.PathLike, device: str | torch.device = "cpu"
+):
+    """The frozen adapter of a bundle (``identity`` when it has none)."""
+    from train.adapters import build_adapter
+
+    section = config.get("adapter") or {"name": "identity", "options": {}}
+    adapter = build_adapter(
+        section["name"], config["encoder"]["latent_dim"], **section.get("options", {})
+    )
+    if section.get("weights"):
+        adapter.load_state_dict(load_weights(bundle, config, "adapter"))
+    return adapter.freeze().to(device).eval()
+
+
+def build_pixel_decoder_from_config(
+    config: dict[str, Any], bundle: str | os.PathLike, device: str | torch.device = "cpu"
+):
+    """The bundle's pixel decoder, or None when the encoder decodes itself."""
+    from train.decoder import PixelDecoder, PixelDecoderConfig
+
+    section = config.get("decoder")
+    if not section:
+        return None
+    decoder = PixelDecoder(PixelDecoderConfig(**section["config"]))
+    decoder.load_state_dict(load_weights(bundle, config, "decoder"))
+    return decoder.to(device).eval().requires_grad_(False)
+
+
+def build_dit_from_config(
+    config: dict[str, Any],
+    bundle: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+):
+    """The DiT of a bundle's ``dynamics`` section (weights loaded when ``bundle`` is given)."""
+    from train.dit import DiT, DiTConfig
+
+    dit = DiT(DiTConfig(**config["dynamics"]["dit"]))
+    if bundle is not None:
+        dit.load_state_dict(load_weights(bundle, config, "dynamics"))
+    return dit.to(device).eval().requires_grad_(False)
+
+
+def build_scheduler_from_config(config: dict[str, Any]):
+    """The noise scheduler named in the bundle's ``dynamics.scheduler`` section."""
+    from train.flow import make_scheduler
+
+    section = dict(config["dynamics"]["scheduler"])
+    return make_scheduler(section.pop("name"), **section)
+
+
+# ---------------------------------------------------------------------- action normalisation
+
+
+def normalize_actions(
+    actions: torch.Tensor, stats: dict[str, Any], frame_skip: int = 1
+) -> torch.Tensor:
+    """Env actions ``(..., frame_skip, 7)`` -> DiT conditions ``(..., frame_skip * 7 + 1)``.
+
+    The six motion dims map q01..q99 to [-1, 1] (as OpenVLA does); the gripper is kept as is. The
+    extra last element is 0 for real actions; the null action is zeros with it set to 1.
+    """
+    q01 = torch.as_tensor(stats["q01"], dtype=actions.dtype, device=actions.device)[:ACTION_DIM]
+    q99 = torch.as_tensor(stats["q99"], dtype=actions.dtype, device=actions.device)[:ACTION_DIM]
+    scaled = 2 * (actions - q01) / (q99 - q01).clamp_min(1e-6) - 1
+    scaled[..., ACTION_DIM - 1] = actions[..., ACTION_DIM - 1]
+    flat = scaled.reshape(*actions.shape[:-2], frame_skip * ACTION_DIM)
+    return torch.cat([flat, torch.zeros_like(flat[..., :1])], dim=-1)
+
+
+def condition_dim(frame_skip: int) -> int:
+    """Width of one frame's DiT condition: the flattened actions plus the null flag."""
+    return frame_skip * ACTION_DIM + 1
+
+
+# ---------------------------------------------------------------------- runtime
+
+
+@dataclass
+class WorldModelState:
+    """Everything :meth:`WorldModel.step` depends on (see :meth:`WorldModel.snapshot`)."""
+
+    cache: Any  # train.dit.TemporalKVCache (or None without a cache)
+    context: torch.Tensor  # (B, history, L, D) normalised latents of the last frames
+    context_actions: torch.Tensor  # (B, history, A) their conditions
+    generator_state: torch.Tensor
+    steps: int
+
+
+class WorldModel:
+    """A trained world model, batched over episodes.
+
+    Args (use :meth:`from_pretrained`): the bundle path and config, the built components, the
+    device, the number of denoising steps, and whether to use the KV cache.
+    """
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike,
+        config: dict[str, Any],
+        encoder,
+        adapter,
+        pixel_decoder,
+        dit,
+        scheduler,
+        device: torch.device,
+        num_steps: int | None = None,
+        use_cache: bool = True,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.bundle = Path(bundle)
+        self.config = config
+        self.encoder, self.adapter, self.pixel_decoder = encoder, adapter, pixel_decoder
+        self.dit, self.scheduler = dit, scheduler
+        self.device = device
+        self.dtype = dtype
+        dynamics = config["dynamics"]
+        self.history = int(dynamics["history"])
+        self.frame_skip = int(dynamics.get("frame_skip", 1))
+        self.target = dynamics.get("target", "frame")
+        self.num_steps = int(num_steps or dynamics.get("num_steps", 10))
+        self.use_cache = use_cache
+        self.latent_mean = torch.tensor(dynamics["latent_mean"], device=device)  # (D,)
+        self.latent_std = torch.tensor(dynamics["latent_std"], device=device)  # (D,)
+        self.delta_std = torch.tensor(
+            dynamics.get("delta_std", dynamics["latent_std"]), device=device
+        )
+        self.action_stats = config["actions"]["stats"]
+        self.latent_shape = (int(dynamics["tokens"]), int(self.latent_mean.shape[0]))  # (L, D)
+        self.image_size = tuple(
+            config["encoder"].get("frame_size", [config["encoder"]["image_size"]] * 2)
+        )
+        self._state: WorldModelState | None = None
+        self.last_step_seconds = 0.0
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        num_steps: int | None = None,
+        use_cache: bool = True,
+        compile: bool = False,
+        dtype: str | None = None,
+    ) -> WorldModel:
+        """Load and verify a bundle directory (every weight file's size and SHA-256)."""
+        config = verify(path)
+        for section in ("encoder", "dynamics", "actions"):
+            if section not in config:
+                from wm_env.errors import CorruptFileError
+
+                raise CorruptFileError(
+                    Path(path) / "config.json",
+                    f"has no {section!r} section: train that stage first",
+                )
+        device = torch.device(device)
+        dit = build_dit_from_config(config, path, device)
+        if compile:
+            dit = torch.compile(dit)
+        torch_dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[
+            dtype
+        ]
+        return cls(
+            path,
+            config,
+            build_encoder_from_config(config, path, device),
+            build_adapter_from_config(config, path, device),
+            build_pixel_decoder_from_config(config, path, device),
+            dit,
+            build_scheduler_from_config(config),
+            device,
+            num_steps=num_steps,
+            use_cache=use_cache,
+            dtype=torch_dtype,
+        )
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Copy the bundle (config and verified weight files) to ``path``."""
+        import shutil
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in [*self.config.get("files", {}), "config.json"]:
+            shutil.copy2(self.bundle / name, out / name)
+        verify(out)
+        return out
+
+    # ------------------------------------------------------------------ latents <-> frames
+    @torch.no_grad()
+    def encode(self, frames) -> torch.Tensor:
+        """uint8 frames ``(B, H, W, 3)`` -> normalised latents ``(B, L, D)``."""
+        latents = self.adapter.encode(
+            self.encoder.encode(torch.as_tensor(np.asarray(frames), device=self.device))
+        )
+        return (latents - self.latent_mean) / self.latent_std
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Normalised latents ``(B, L, D)`` -> uint8 frames ``(B, H, W, 3)``."""
+        raw = latents * self.latent_std + self.latent_mean
+        if self.pixel_decoder is not None:
+            images = self.pixel_decoder(raw)
+        else:
+            images = self.encoder.decode(self.adapter.decode(raw))
+        return (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+    # ------------------------------------------------------------------ episodes
+    @property
+    def batch_size(self) -> int | None:
+        return None if self._state is None else self._state.context.shape[0]
+
+    def null_conditions(self, batch: int, frames: int) -> torch.Tensor:
+        cond = torch.zeros(batch, frames, condition_dim(self.frame_skip), device=self.device)
+        cond[..., -1] = 1.0
+        return cond
+
+    @torch.no_grad()
+    def reset(
+        self, frames, instruction: str | list[str] | None = None, seed: int | None = None
+    ) -> np.ndarray:
+        """Start episodes from frames: ``(B, H, W, 3)`` or ``(B, l, H, W, 3)`` uint8 history.
+
+        With fewer than ``history`` frames the first is repeated. Returns the last start frame
+        as the model sees it (encoded then decoded), uint8 ``(B, H, W, 3)``. ``instruction`` is
+        accepted for API symmetry: the dynamics are action-conditioned, not language-conditioned.
+        """
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim not in (4, 5) or frames.shape[-1] != 3:
+            raise ValueError(
+                f"frames must be uint8 (B, H, W, 3) or (B, l, H, W, 3); got {frames.dtype} {frames.shape}"
+            )
+        if frames.ndim == 4:
+            frames = frames[:, None]
+        batch, given = frames.shape[:2]
+        if given == 0:
+            raise ValueError("reset needs at least one start frame per episode")
+        frames = frames[:, -self.history :]
+        if given < self.history:
+            frames = np.concatenate(
+                [np.repeat(frames[:, :1], self.history - given, axis=1), frames], axis=1
+            )
+        latents = self.encode(frames.reshape(-1, *frames.shape[2:])).reshape(
+            batch, self.history, *self.latent_shape
+        )
+        conditions = self.null_conditions(batch, self.history)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(
+            int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        )
+        cache = None
+        if self.use_cache:
+            cache = self.dit.new_cache(window=self.history)
+            self._append(cache, latents, conditions)
+        self._state = WorldModelState(cache, latents, conditions, generator.get_state(), 0)
+        self._generator = generator
+        return self.decode(latents[:, -1])
+
+    def _append(self, cache, latents: torch.Tensor, conditions: torch.Tensor) -> None:
+        t = torch.full(latents.shape[:2], self.scheduler.context_time, device=self.device)
+        self.dit.append_to_cache(
+            cache,
+            self.scheduler.prepare_context(latents, self.scheduler.context_time),
+            t,
+            conditions,
+        )
+
+    @torch.no_grad()
+    def step(self, actions) -> np.ndarray:
+        """Advance every episode by one env step.
+
+        Args:
+            actions: float ``(B, 7)`` (or ``(B, frame_skip, 7)``) env actions.
+        Returns:
+            uint8 ``(B, H, W, 3)`` predicted frames.
+        """
+        state = self._require_state()
+        actions = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
+        batch = state.context.shape[0]
+        if actions.ndim == 2:
+            actions = actions[:, None]
+        if actions.shape != (batch, self.frame_skip, ACTION_DIM):
+            raise ValueError(
+                f"actions must be ({batch}, {ACTION_DIM}) (or ({batch}, {self.frame_skip}, {ACTION_DIM})); got {tuple(actions.shape)}"
+            )
+        if not torch.isfinite(actions).all():
+            raise ValueError("actions contain NaN or inf")
+        start = time.perf_counter()
+        condition = normalize_actions(actions, self.action_stats, self.frame_skip)[
+            :, None
+        ]  # (B, 1, A)
+        self._generator.set_state(state.generator_state)
+        with self._autocast():
+            sample = self._sample(state, condition)
+        new = sample[:, 0].float()  # (B, L, D)
+        if self.target == "delta":
+            new = state.context[:, -1] + new * (self.delta_std / self.latent_std)
+        if self.use_cache:
+            self._append(state.cache, new[:, None], condition)
+        state.context = torch.cat([state.context[:, 1:], new[:, None]], dim=1)
+        state.context_actions = torch.cat([state.context_actions[:, 1:], condition], dim=1)
+        state.generator_state = self._generator.get_state()
+        state.steps += 1
+        frames = self.decode(new)
+        self.last_step_seconds = time.perf_counter() - start
+        return frames
+
+    def _sample(self, state: WorldModelState, condition: torch.Tensor) -> torch.Tensor:
+        from train.flow import sample_next_frame
+
+        if self.use_cache:
+            return sample_next_frame(
+                self.dit,
+                self.scheduler,
+                None,
+                condition,
+                num_steps=self.num_steps,
+                generator=self._generator,
+                cache=state.cache,
+                update_cache=False,
+            )
+        conditions = torch.cat([state.context_actions, condition], dim=1)
+        return sample_next_frame(
+            self.dit,
+            self.scheduler,
+            state.context,
+            conditions,
+            num_steps=self.num_steps,
+            generator=self._generator,
+        )
+
+    def _autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @property
+    def latest_latents(self) -> torch.Tensor:
+        """Normalised latents ``(B, L, D)`` of the most recent frame."""
+        return self._require_state().context[:, -1]
+
+    def _require_state(self) -> WorldModelState:
+        if self._state is None:
+            raise RuntimeError("call reset(frames) before step(actions)")
+        return self._state
+
+    # ------------------------------------------------------------------ branching
+    def snapshot(self) -> WorldModelState:
+        """A copy of the current state; :meth:`restore` returns to it."""
+        s = self._require_state()
+        return WorldModelState(
+            s.cache.clone() if s.cache is not None else None,
+            s.context.clone(),
+            s.context_actions.clone(),
+            s.generator_state.clone(),
+            s.steps,
+        )
+
+    def restore(self, state: WorldModelState) -> None:
+        """Return to a :meth:`snapshot` (the snapshot itself stays reusable)."""
+        self._state = WorldModelState(
+            state.cache.clone() if state.cache is not None else None,
+            state.context.clone(),
+            state.context_actions.clone(),
+            state.generator_state.clone(),
+            state.steps,
+        )
+        if not hasattr(self, "_generator"):
+            self._generator = torch.Generator(device=self.device)
