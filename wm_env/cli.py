@@ -6,6 +6,8 @@ Examples::
     wmgym data collect --family lift --episodes 100 --out data/lift
     wmgym data collect --family all --episodes 400 --quality 1.0 0.5 0.0 --out data/mixed
     wmgym data info data/lift
+    wmgym train encoder --bundle models/default --data.dataset data/sim64 --optim.steps 3000
+    wmgym train dynamics --bundle models/default --data.dataset data/sim64 --preset tiny
 """
 
 from __future__ import annotations
@@ -59,6 +61,66 @@ def _data_info(args: list[str], prog: str) -> None:
     parser = argparse.ArgumentParser(prog=prog, description="Summarise a LeRobot v3 dataset.")
     parser.add_argument("root", help="dataset directory")
     print(summarize(parser.parse_args(args).root))
+
+
+@command(
+    "train",
+    "encoder",
+    "train the from-scratch VAE (or register a pretrained encoder) into a bundle",
+)
+def _train_encoder(args: list[str], prog: str) -> None:
+    import tyro
+
+    from train.stage_encoder import EncoderStageConfig, run_encoder_stage
+
+    bundle = run_encoder_stage(tyro.cli(EncoderStageConfig, args=args, prog=prog))
+    print(f"encoder written to {bundle}")
+
+
+@command("train", "dynamics", "train the DiT transition model (flow matching) over cached latents")
+def _train_dynamics(args: list[str], prog: str) -> None:
+    import tyro
+
+    from train.stage_dynamics import DynamicsStageConfig, run_dynamics_stage
+
+    bundle = run_dynamics_stage(tyro.cli(DynamicsStageConfig, args=args, prog=prog))
+    print(f"dynamics written to {bundle}")
+
+
+@command("train", "adapter", "train the S-VAE / MLP adapter on frozen encoder features")
+def _train_adapter(args: list[str], prog: str) -> None:
+    import tyro
+
+    from train.stage_adapter import AdapterStageConfig, run_adapter_stage
+
+    print(
+        f"adapter written to {run_adapter_stage(tyro.cli(AdapterStageConfig, args=args, prog=prog))}"
+    )
+
+
+@command("train", "decoder", "train the pixel decoder on frozen (adapter) latents")
+def _train_decoder(args: list[str], prog: str) -> None:
+    import tyro
+
+    from train.stage_decoder import DecoderStageConfig, run_decoder_stage
+
+    print(
+        f"decoder written to {run_decoder_stage(tyro.cli(DecoderStageConfig, args=args, prog=prog))}"
+    )
+
+
+@command(
+    "eval", "dynamics", "world model vs copy-last-frame on held-out episodes (PSNR, SSIM, actions)"
+)
+def _eval_dynamics(args: list[str], prog: str) -> None:
+    import tyro
+
+    from train.evaluate import EvalConfig, evaluate
+
+    config = tyro.cli(EvalConfig, args=args, prog=prog)
+    evaluate(config)
+    print((config.out / "eval.md").read_text())
+    print(f"written to {config.out}")
 
 
 def _usage() -> str:

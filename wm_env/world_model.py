@@ -156,6 +156,7 @@ class WorldModel:
         num_steps: int | None = None,
         use_cache: bool = True,
         dtype: torch.dtype | None = None,
+        temperature: float | None = None,
     ) -> None:
         self.bundle = Path(bundle)
         self.config = config
@@ -168,6 +169,13 @@ class WorldModel:
         self.frame_skip = int(dynamics.get("frame_skip", 1))
         self.target = dynamics.get("target", "frame")
         self.num_steps = int(num_steps or dynamics.get("num_steps", 10))
+        # Scale of the starting noise: 1 samples the learned distribution; 0 follows the flow
+        # from its centre (deterministic, lower variance, blurrier).
+        self.temperature = float(
+            dynamics.get("temperature", 1.0) if temperature is None else temperature
+        )
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0; got {self.temperature}")
         self.use_cache = use_cache
         self.latent_mean = torch.tensor(dynamics["latent_mean"], device=device)  # (D,)
         self.latent_std = torch.tensor(dynamics["latent_std"], device=device)  # (D,)
@@ -192,6 +200,7 @@ class WorldModel:
         use_cache: bool = True,
         compile: bool = False,
         dtype: str | None = None,
+        temperature: float | None = None,
     ) -> WorldModel:
         """Load and verify a bundle directory (every weight file's size and SHA-256)."""
         config = verify(path)
@@ -222,6 +231,7 @@ class WorldModel:
             num_steps=num_steps,
             use_cache=use_cache,
             dtype=torch_dtype,
+            temperature=temperature,
         )
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
