@@ -451,6 +451,31 @@ class TemporalKVCache:
         self.next_position += num_new
         self.batch_size, self.frame_shape, self.dtype = batch_size, frame_shape, dtype
 
+    def replace_rows(self, batch_indices: torch.Tensor, other: TemporalKVCache) -> None:
+        """Put ``other``'s episodes in place of episodes ``batch_indices`` (``(k,)`` long).
+
+        Rows are batch-major (``b * S + s``); ``other`` holds ``k`` episodes with the same
+        frame positions. Out of place, so clones taken earlier are unaffected.
+        """
+        if other.num_frames != self.num_frames or other.next_position != self.next_position:
+            raise ValueError(
+                f"cannot splice a cache at positions [{other.first_position}, {other.next_position}) "
+                f"into one at [{self.first_position}, {self.next_position})"
+            )
+        spatial = self.keys[0].shape[0] // self.batch_size
+        rows = (
+            batch_indices[:, None] * spatial + torch.arange(spatial, device=batch_indices.device)
+        ).reshape(-1)
+        rows = rows.to(self.keys[0].device)
+        self.keys = [
+            k.index_copy(0, rows, ok.to(k.dtype))
+            for k, ok in zip(self.keys, other.keys, strict=True)
+        ]
+        self.values = [
+            v.index_copy(0, rows, ov.to(v.dtype))
+            for v, ov in zip(self.values, other.values, strict=True)
+        ]
+
     def clone(self) -> TemporalKVCache:
         """A snapshot that later appends to either copy do not affect."""
         other = TemporalKVCache(self.num_layers, self.window)

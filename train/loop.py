@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -117,6 +118,25 @@ class RuntimeConfig:
         return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def init_distributed(runtime: RuntimeConfig) -> int:
+    """Join the process group that ``torchrun`` describes (WORLD_SIZE > 1); return this rank.
+
+    NCCL on CUDA devices, Gloo on CPUs. Without torchrun this does nothing and returns 0.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if runtime.device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def batch_rng(runtime: RuntimeConfig, step: int) -> np.random.Generator:
+    """The generator a stage draws step ``step``'s batch from: a function of (seed, rank, step),
+    so resumed runs see the same batches and DDP ranks see different ones."""
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return np.random.default_rng((runtime.seed, rank, step))
+
+
 def lr_at(step: int, config: OptimConfig) -> float:
     """Learning rate at ``step``: linear warm-up, then cosine from ``lr`` to ``min_lr_ratio * lr``."""
     if step < config.warmup_steps:
@@ -162,6 +182,7 @@ class Trainer:
     ) -> None:
         self.out = Path(out)
         self.optim_config, self.runtime = optim, runtime
+        self.rank = init_distributed(runtime)
         self.device = torch.device(runtime.device)
         if runtime.threads:
             torch.set_num_threads(runtime.threads)

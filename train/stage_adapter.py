@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from train.data import DataConfig, dataset_fingerprint, load_split
-from train.loop import OptimConfig, RuntimeConfig, Trainer, config_dict
+from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict
 from train.stage_dynamics import cached_latents, encode_frames
 from wm_env.bundle import read_config, write_component
 from wm_env.world_model import build_encoder_from_config
@@ -69,7 +68,7 @@ def run_adapter_stage(config: AdapterStageConfig, progress: bool = True) -> Path
     total = config.optim.steps
 
     def loss_fn(model, step: int):
-        rng = np.random.default_rng((config.runtime.seed, step))
+        rng = batch_rng(config.runtime, step)
         batch = features[
             torch.as_tensor(rng.integers(0, len(features), config.optim.batch_size), device=device)
         ]

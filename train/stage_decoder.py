@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from train.data import DataConfig, dataset_fingerprint, load_split
-from train.loop import OptimConfig, RuntimeConfig, Trainer, config_dict
+from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict
 from train.stage_dynamics import cached_latents, encode_frames
 from wm_env.bundle import read_config, write_component
 from wm_env.world_model import build_adapter_from_config, build_encoder_from_config
@@ -86,7 +86,7 @@ def run_decoder_stage(config: DecoderStageConfig, progress: bool = True) -> Path
         perceptual = perceptual.to(device)
 
     def loss_fn(model, step: int):
-        rng = np.random.default_rng((config.runtime.seed, step))
+        rng = batch_rng(config.runtime, step)
         idx = rng.integers(0, len(frames), config.optim.batch_size)
         target = torch.from_numpy(frames[idx]).to(device)
         terms = decoder_loss(

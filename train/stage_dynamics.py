@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from train.clips import ClipIndex
 from train.data import DataConfig, dataset_fingerprint, load_split
-from train.loop import OptimConfig, RuntimeConfig, Trainer, config_dict
+from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict
 from wm_env.bundle import read_config, update_config, write_component
 from wm_env.world_model import (
     build_adapter_from_config,
@@ -212,7 +212,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     frames_per_clip = config.history + config.future
 
     def loss_fn(dit, step: int):
-        rng = np.random.default_rng((config.runtime.seed, step))
+        rng = batch_rng(config.runtime, step)
         clip_ids = rng.integers(0, len(clips), batch)
         starts = torch.as_tensor(clips.starts[clip_ids], device=device)  # (B,)
         rows = (

@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from train.data import DataConfig, dataset_fingerprint, load_split
-from train.loop import OptimConfig, RuntimeConfig, Trainer, config_dict
+from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict
 from wm_env.bundle import write_component
 
 
@@ -112,7 +111,7 @@ def run_encoder_stage(config: EncoderStageConfig, progress: bool = True) -> Path
     batch = config.optim.batch_size
 
     def loss_fn(model, step: int):
-        rng = np.random.default_rng((config.runtime.seed, step))
+        rng = batch_rng(config.runtime, step)
         images = torch.from_numpy(frames[rng.integers(0, len(frames), batch)]).to(
             config.runtime.device
         )

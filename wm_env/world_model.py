@@ -132,8 +132,17 @@ class WorldModelState:
     cache: Any  # train.dit.TemporalKVCache (or None without a cache)
     context: torch.Tensor  # (B, history, L, D) normalised latents of the last frames
     context_actions: torch.Tensor  # (B, history, A) their conditions
-    generator_state: torch.Tensor
+    generator_states: list[torch.Tensor]  # one noise generator per episode
     steps: int
+
+    def clone(self) -> WorldModelState:
+        return WorldModelState(
+            self.cache.clone() if self.cache is not None else None,
+            self.context.clone(),
+            self.context_actions.clone(),
+            [g.clone() for g in self.generator_states],
+            self.steps,
+        )
 
 
 class WorldModel:
@@ -189,6 +198,11 @@ class WorldModel:
         )
         self._state: WorldModelState | None = None
         self.last_step_seconds = 0.0
+
+    @property
+    def fps(self) -> float:
+        """Frames per second of the generated video (the dataset's rate over the frame skip)."""
+        return float(self.config["dynamics"].get("dataset", {}).get("fps", 5.0)) / self.frame_skip
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -274,16 +288,8 @@ class WorldModel:
         cond[..., -1] = 1.0
         return cond
 
-    @torch.no_grad()
-    def reset(
-        self, frames, instruction: str | list[str] | None = None, seed: int | None = None
-    ) -> np.ndarray:
-        """Start episodes from frames: ``(B, H, W, 3)`` or ``(B, l, H, W, 3)`` uint8 history.
-
-        With fewer than ``history`` frames the first is repeated. Returns the last start frame
-        as the model sees it (encoded then decoded), uint8 ``(B, H, W, 3)``. ``instruction`` is
-        accepted for API symmetry: the dynamics are action-conditioned, not language-conditioned.
-        """
+    def _history_latents(self, frames) -> torch.Tensor:
+        """uint8 ``(B, H, W, 3)`` or ``(B, l, H, W, 3)`` -> normalised ``(B, history, L, D)``."""
         frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim not in (4, 5) or frames.shape[-1] != 3:
             raise ValueError(
@@ -292,27 +298,78 @@ class WorldModel:
         if frames.ndim == 4:
             frames = frames[:, None]
         batch, given = frames.shape[:2]
-        if given == 0:
-            raise ValueError("reset needs at least one start frame per episode")
+        if given == 0 or batch == 0:
+            raise ValueError(
+                f"reset needs at least one start frame per episode; got shape {frames.shape}"
+            )
         frames = frames[:, -self.history :]
-        if given < self.history:
+        if given < self.history:  # too short a history: repeat the first frame
             frames = np.concatenate(
                 [np.repeat(frames[:, :1], self.history - given, axis=1), frames], axis=1
             )
-        latents = self.encode(frames.reshape(-1, *frames.shape[2:])).reshape(
-            batch, self.history, *self.latent_shape
-        )
+        flat = frames.reshape(-1, *frames.shape[2:])
+        return self.encode(flat).reshape(batch, self.history, *self.latent_shape)
+
+    def _generator_states(self, seeds, batch: int) -> list[torch.Tensor]:
+        if seeds is None:
+            seeds = torch.randint(0, 2**31 - 1, (batch,)).tolist()
+        elif np.isscalar(seeds):
+            seeds = [int(seeds) + i for i in range(batch)]  # episode i of a batch: seed + i
+        seeds = [int(x) for x in seeds]
+        if len(seeds) != batch:
+            raise ValueError(f"got {len(seeds)} seeds for {batch} episodes")
+        return [torch.Generator().manual_seed(x).get_state() for x in seeds]
+
+    @torch.no_grad()
+    def reset(
+        self,
+        frames,
+        instruction: str | list[str] | None = None,
+        seed: int | list[int] | None = None,
+    ) -> np.ndarray:
+        """Start episodes from frames: ``(B, H, W, 3)`` or ``(B, l, H, W, 3)`` uint8 history.
+
+        With fewer than ``history`` frames the first is repeated. ``seed`` is one int (episode
+        ``i`` then uses ``seed + i``) or one seed per episode: each episode draws its noise from
+        its own generator, so an episode's frames do not depend on the rest of the batch.
+        Returns the last start frame as the model sees it (encoded then decoded), uint8
+        ``(B, H, W, 3)``. ``instruction`` is accepted for API symmetry: the dynamics are
+        action-conditioned, not language-conditioned.
+        """
+        latents = self._history_latents(frames)
+        batch = latents.shape[0]
         conditions = self.null_conditions(batch, self.history)
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(
-            int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-        )
         cache = None
         if self.use_cache:
             cache = self.dit.new_cache(window=self.history)
             self._append(cache, latents, conditions)
-        self._state = WorldModelState(cache, latents, conditions, generator.get_state(), 0)
-        self._generator = generator
+        self._state = WorldModelState(
+            cache, latents, conditions, self._generator_states(seed, batch), 0
+        )
+        return self.decode(latents[:, -1])
+
+    @torch.no_grad()
+    def reset_subset(self, indices, frames, seed: int | list[int] | None = None) -> np.ndarray:
+        """Restart only episodes ``indices`` (e.g. those a vector env autoresets).
+
+        The others keep their state exactly; the new episodes' cache rows are computed at the
+        batch's current frame positions (RoPE is relative, so absolute positions do not matter).
+        """
+        state = self._require_state()
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=self.device)
+        latents = self._history_latents(frames)
+        if latents.shape[0] != len(index):
+            raise ValueError(f"{len(index)} indices but {latents.shape[0]} start frames")
+        conditions = self.null_conditions(len(index), self.history)
+        if state.cache is not None:
+            fresh = self.dit.new_cache(window=self.history)
+            fresh.next_position = state.cache.first_position
+            self._append(fresh, latents, conditions)
+            state.cache.replace_rows(index, fresh)
+        state.context = state.context.index_copy(0, index, latents)
+        state.context_actions = state.context_actions.index_copy(0, index, conditions)
+        for i, g in zip(index.tolist(), self._generator_states(seed, len(index)), strict=True):
+            state.generator_states[i] = g
         return self.decode(latents[:, -1])
 
     def _append(self, cache, latents: torch.Tensor, conditions: torch.Tensor) -> None:
@@ -348,7 +405,6 @@ class WorldModel:
         condition = normalize_actions(actions, self.action_stats, self.frame_skip)[
             :, None
         ]  # (B, 1, A)
-        self._generator.set_state(state.generator_state)
         with self._autocast():
             sample = self._sample(state, condition)
         new = sample[:, 0].float()  # (B, L, D)
@@ -358,35 +414,34 @@ class WorldModel:
             self._append(state.cache, new[:, None], condition)
         state.context = torch.cat([state.context[:, 1:], new[:, None]], dim=1)
         state.context_actions = torch.cat([state.context_actions[:, 1:], condition], dim=1)
-        state.generator_state = self._generator.get_state()
         state.steps += 1
         frames = self.decode(new)
         self.last_step_seconds = time.perf_counter() - start
         return frames
 
     def _sample(self, state: WorldModelState, condition: torch.Tensor) -> torch.Tensor:
+        """One new frame ``(B, 1, L, D)``; episode ``i`` draws its noise from its own generator."""
         from train.flow import sample_next_frame
 
+        noise = []
+        for i, generator_state in enumerate(state.generator_states):
+            generator = torch.Generator().set_state(generator_state)
+            noise.append(torch.randn(1, 1, *self.latent_shape, generator=generator))
+            state.generator_states[i] = generator.get_state()
+        noise = torch.cat(noise).to(self.device) * self.temperature  # (B, 1, L, D)
+        common = {"num_steps": self.num_steps, "noise": noise}
         if self.use_cache:
             return sample_next_frame(
                 self.dit,
                 self.scheduler,
                 None,
                 condition,
-                num_steps=self.num_steps,
-                generator=self._generator,
                 cache=state.cache,
                 update_cache=False,
+                **common,
             )
         conditions = torch.cat([state.context_actions, condition], dim=1)
-        return sample_next_frame(
-            self.dit,
-            self.scheduler,
-            state.context,
-            conditions,
-            num_steps=self.num_steps,
-            generator=self._generator,
-        )
+        return sample_next_frame(self.dit, self.scheduler, state.context, conditions, **common)
 
     def _autocast(self):
         if self.dtype is None:
@@ -406,23 +461,8 @@ class WorldModel:
     # ------------------------------------------------------------------ branching
     def snapshot(self) -> WorldModelState:
         """A copy of the current state; :meth:`restore` returns to it."""
-        s = self._require_state()
-        return WorldModelState(
-            s.cache.clone() if s.cache is not None else None,
-            s.context.clone(),
-            s.context_actions.clone(),
-            s.generator_state.clone(),
-            s.steps,
-        )
+        return self._require_state().clone()
 
     def restore(self, state: WorldModelState) -> None:
         """Return to a :meth:`snapshot` (the snapshot itself stays reusable)."""
-        self._state = WorldModelState(
-            state.cache.clone() if state.cache is not None else None,
-            state.context.clone(),
-            state.context_actions.clone(),
-            state.generator_state.clone(),
-            state.steps,
-        )
-        if not hasattr(self, "_generator"):
-            self._generator = torch.Generator(device=self.device)
+        self._state = state.clone()

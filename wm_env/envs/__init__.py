@@ -1,0 +1,1 @@
+"""Gymnasium environments backed by a world model (single and batched vector env)."""

@@ -1,0 +1,146 @@
+"""Start states for world-model episodes: where an episode begins and what it is asked to do.
+
+A start is history frames plus an instruction. Sources:
+
+- a LeRobot v3 dataset directory: each episode's first frame and its instruction;
+- a folder of PNG files, each with a JSON file of the same name beside it holding at least
+  ``{"instruction": ...}`` (WorldGym's layout);
+- Python objects: a list of frames ``(H, W, 3)`` / ``(l, H, W, 3)`` uint8, or of dicts
+  ``{"frames": ..., "instruction": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wm_env.errors import CorruptFileError, WmGymError
+
+
+@dataclass
+class Start:
+    """One start state."""
+
+    frames: np.ndarray  # uint8 (l, H, W, 3)
+    instruction: str
+    start_id: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class StartSet:
+    """An indexable collection of :class:`Start` (loaded lazily from a dataset)."""
+
+    def __init__(self, starts: Sequence[Start]) -> None:
+        if not starts:
+            raise WmGymError("no start states: give a dataset, a folder of PNG+JSON, or frames")
+        self._starts = list(starts)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, index: int) -> Start:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"start {index} out of range: there are {len(self)} start states")
+        return self._starts[index]
+
+    @classmethod
+    def load(
+        cls, source: str | os.PathLike | Sequence | StartSet, camera: str = "image"
+    ) -> StartSet:
+        """Build from a dataset dir, a PNG+JSON folder, a list of frames or dicts, or a StartSet."""
+        if isinstance(source, StartSet):
+            return source
+        if isinstance(source, (str, os.PathLike)):
+            root = Path(source)
+            if not root.exists():
+                raise WmGymError(
+                    f"start states {str(root)!r} do not exist (a LeRobot dataset dir or a folder of PNG+JSON)"
+                )
+            if (root / "meta" / "info.json").exists():
+                return cls._from_dataset(root, camera)
+            return cls._from_folder(root)
+        return cls([_start_from_object(item, i) for i, item in enumerate(source)])
+
+    @classmethod
+    def _from_dataset(cls, root: Path, camera: str) -> StartSet:
+        from wm_env.dataset.lerobot import LeRobotDataset
+
+        dataset = LeRobotDataset(root)
+        starts = []
+        for ep in dataset.episode_ids:
+            frames = dataset.frames(int(ep), camera)[:1]
+            meta = dataset.episode_meta(int(ep))
+            starts.append(
+                Start(
+                    frames,
+                    dataset.instruction(int(ep)),
+                    f"{root.name}/{int(ep)}",
+                    {"episode": int(ep), "family": meta.get("family")},
+                )
+            )
+        return cls(starts)
+
+    @classmethod
+    def _from_folder(cls, root: Path) -> StartSet:
+        import imageio.v3 as iio
+
+        starts = []
+        for png in sorted(root.glob("*.png")):
+            sidecar = png.with_suffix(".json")
+            if not sidecar.exists():
+                raise CorruptFileError(
+                    sidecar,
+                    f"missing: every start image needs a JSON with its instruction ({png.name})",
+                )
+            try:
+                info = json.loads(sidecar.read_text())
+            except json.JSONDecodeError as error:
+                raise CorruptFileError(sidecar, f"not valid JSON ({error})") from None
+            if not info.get("instruction"):
+                raise CorruptFileError(sidecar, "has no 'instruction'")
+            image = np.asarray(iio.imread(png))[..., :3]
+            starts.append(Start(image[None].astype(np.uint8), info["instruction"], png.stem, info))
+        if not starts:
+            raise WmGymError(f"{root} holds no *.png start images (and is not a LeRobot dataset)")
+        return cls(starts)
+
+
+def _start_from_object(item: Any, index: int) -> Start:
+    if isinstance(item, Start):
+        return item
+    instruction = ""
+    if isinstance(item, dict):
+        instruction = item.get("instruction", "")
+        item = item.get("frames")
+    frames = np.asarray(item)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(
+            f"start {index}: frames must be uint8 (H, W, 3) or (l, H, W, 3); got {frames.dtype} {frames.shape}"
+        )
+    return Start(frames, instruction, str(index))
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 ``(..., H, W, 3)`` resized to ``size`` (area interpolation when shrinking)."""
+    import cv2
+
+    if frames.shape[-3:-1] == tuple(size):
+        return frames
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    h, w = size
+    shrink = flat.shape[1] > h
+    out = np.stack(
+        [
+            cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+            for f in flat
+        ]
+    )
+    return out.reshape(*frames.shape[:-3], h, w, 3)
