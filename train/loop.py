@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -232,7 +233,7 @@ class Trainer:
             self.optimizer.load_state_dict(
                 torch.load(optimizer_path, map_location=self.device, weights_only=True)
             )
-        except (RuntimeError, EOFError, OSError) as error:
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
             raise CorruptFileError(
                 optimizer_path, f"cannot load optimizer state ({error})"
             ) from None

@@ -6,20 +6,30 @@ editor takes a ``uint8 (H, W, 3)`` image and a ``numpy`` generator and returns t
 with an :class:`EditRecord` saying what was added where:
 
 - :class:`PasteDistractorEditor` (``"paste"``, the default; no weights): draws shaded balls,
-  cylinders and capsules like the sim's distractor objects, in colors no task uses, and
-  blends them onto free table space with ``cv2.seamlessClone``.
+  cylinders and capsules like the sim's distractor objects (or, with ``style="sprites"``,
+  pastes crops of the real sim objects from ``wm_env/assets/distractor_sprites.npz``, made by
+  ``python -m wm_env.editing``), in colors no task uses, and blends them onto free table
+  space with ``cv2.seamlessClone``.
 - :class:`InstructPix2PixEditor` (``"instruct-pix2pix"``) and :class:`InpaintEditor`
   (``"inpaint"``): diffusers pipelines loaded from a LOCAL directory (never downloaded).
 
 Every editor here also has ``edit_many(frames, rng)``: one sampled edit applied to all the
 history frames of a start (same objects, same places), and ``edit_with_seed`` to replay the
 seed an :class:`EditRecord` holds. Importing this module imports neither torch nor diffusers.
+
+Pasting here reduces to compositing up to +-1 grey level: the clone's source is the image
+itself with the object composited in, so the guidance field equals the image's own gradients
+wherever the object is not, and NORMAL_CLONE keeps the object's own colors (MIXED_CLONE would
+let table texture show through the object). The clone smooths the rim; what keeps objects
+believable is that they are only placed on bare table.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +48,10 @@ ALPHA_MARGIN_PX = 1
 BLENDS = {"normal": cv2.NORMAL_CLONE, "mixed": cv2.MIXED_CLONE, "alpha": None}
 FREE_REGIONS = ("table", "anywhere")
 MAX_DIFF_BOXES = 8
+STYLES = ("drawn", "sprites")
+SPRITE_BANK_PATH = Path(__file__).resolve().parent / "assets" / "distractor_sprites.npz"
+# Table positions (x, y in metres) the sprites are rendered at: the look changes with the view.
+SPRITE_POSITIONS = ((0.06, -0.10), (0.06, 0.10), (-0.06, -0.02), (0.0, 0.0))
 
 
 # ============================================================================ records, protocol
@@ -262,9 +276,9 @@ _HALF = (_LIGHT + np.array([0.0, 0.0, 1.0])) / np.linalg.norm(_LIGHT + np.array(
 
 def _shade(normals: np.ndarray, color: np.ndarray) -> np.ndarray:
     """Lambert + Phong shading of unit ``normals`` (..., 3) for a base ``color`` (3,) in [0, 1]."""
-    diffuse = np.clip(normals @ _LIGHT, 0.0, 1.0)[..., None]
+    diffuse = np.clip((normals @ _LIGHT + 0.25) / 1.25, 0.0, 1.0)[..., None]  # wrapped Lambert
     specular = np.clip(normals @ _HALF, 0.0, 1.0)[..., None] ** 40
-    return np.clip(color * (0.4 + 0.7 * diffuse) + 0.3 * specular, 0.0, 1.0)
+    return np.clip(color * (0.55 + 0.6 * diffuse) + 0.3 * specular, 0.0, 1.0)
 
 
 def _unit(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -279,9 +293,9 @@ def _sphere_normals(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _body_normals(u: np.ndarray) -> np.ndarray:
-    """Normals of an upright cylinder's side seen from above at an angle (tilted downwards)."""
+    """Normals of an upright cylinder's side at normalised ``u`` in [-1, 1] across it."""
     z = np.sqrt(np.clip(1.0 - u * u, 0.0, 1.0))
-    return _unit(u, np.full_like(u, 0.3), z)
+    return _unit(u, np.zeros_like(u), z)
 
 
 def draw_object(kind: str, color: Sequence[float], width: float) -> tuple[np.ndarray, np.ndarray]:
@@ -294,7 +308,7 @@ def draw_object(kind: str, color: Sequence[float], width: float) -> tuple[np.nda
     kind = lookup("distractor kind", kind, {k: k for k in DISTRACTOR_KINDS})
     color = np.asarray(color, dtype=np.float32)[:3]
     w = max(3, int(round(width)))
-    aspect = {"ball": 1.0, "capsule": 1.75, "cylinder": 1.3}[kind]
+    aspect = {"ball": 1.0, "capsule": 1.65, "cylinder": 1.45}[kind]  # as in the sim
     h = max(3, int(round(w * aspect)))
     s = SUPERSAMPLE
     ys, xs = np.mgrid[0 : h * s, 0 : w * s].astype(np.float32) + 0.5
@@ -317,12 +331,12 @@ def draw_object(kind: str, color: Sequence[float], width: float) -> tuple[np.nda
             _sphere_normals(u, v_top),
             np.where(
                 lower[..., None],
-                _unit(u, np.abs(v_bottom) + 0.3, np.sqrt(np.clip(1 - u * u - v_bottom**2, 0, 1))),
+                _sphere_normals(u, v_bottom),
                 _body_normals(u),
             ),
         )
     else:  # cylinder: elliptic top face over a vertical body with an elliptic bottom edge
-        b = 0.3 * w * s  # semi-minor axis of the top and bottom ellipses
+        b = 0.24 * w * s  # semi-minor axis of the top and bottom ellipses
         top, bottom = b, h * s - b
         v_top, v_bottom = (ys - top) / b, (ys - bottom) / b
         top_face = u * u + v_top**2 <= 1.0
@@ -337,6 +351,100 @@ def draw_object(kind: str, color: Sequence[float], width: float) -> tuple[np.nda
     alpha = cv2.resize(alpha, (w, h), interpolation=cv2.INTER_AREA)
     rgb = premultiplied / np.maximum(alpha[..., None], 1e-6)
     return np.clip(rgb, 0.0, 1.0).astype(np.float32), np.clip(alpha, 0.0, 1.0).astype(np.float32)
+
+
+# ============================================================================ sim sprites
+def render_sprite_bank(
+    out_path: str | Path = SPRITE_BANK_PATH,
+    resolution: int = 256,
+    positions: Sequence[tuple[float, float]] = SPRITE_POSITIONS,
+) -> Path:
+    """Render every distractor kind in every distractor color with the ground-truth sim and
+    save the crops as a compressed npz sprite bank (needs the ``sim`` extra).
+
+    Each object is put alone on the table at each of ``positions`` and seen by the main camera
+    at ``resolution``; its MuJoCo segmentation mask gives the alpha. Keys are
+    ``"<kind>__<color>__<i>"`` -> uint8 RGBA ``(h, w, 4)``, plus ``"meta"`` (JSON bytes).
+    """
+    import mujoco
+
+    from wm_env.sim.env import MAIN_CAMERA, TabletopEnv
+    from wm_env.sim.scene import ROBOSUITE_CAMERAS
+    from wm_env.sim.tasks import CENTRE_HEIGHT, TABLE_TOP_Z, EpisodeSpec, ObjectPlacement
+
+    out_path = Path(out_path)
+    env = TabletopEnv(family="lift", resolution=resolution, max_distractors=1)
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        scene = env.scene
+        for kind in DISTRACTOR_KINDS:
+            for color in DISTRACTOR_COLORS:
+                for i, (x, y) in enumerate(positions):
+                    name = f"{kind}0"
+                    position = [float(x), float(y), TABLE_TOP_Z + CENTRE_HEIGHT[kind]]
+                    spec = EpisodeSpec(
+                        "lift",
+                        "lift the red cube",
+                        {"target": "cube0"},
+                        [],
+                        [ObjectPlacement(name, kind, color, position)],
+                    )
+                    obs, _ = env.reset(options={"spec": spec})
+                    scene.make_render_context_current()
+                    camera = ROBOSUITE_CAMERAS.get(MAIN_CAMERA, MAIN_CAMERA)
+                    seg = scene.sim.render(
+                        camera_name=camera, width=resolution, height=resolution, segmentation=True
+                    )[::-1]  # (H, W, 2), top row first like the env's images
+                    mask = (seg[..., 0] == mujoco.mjtObj.mjOBJ_GEOM) & np.isin(
+                        seg[..., 1], scene.object_visual_geom_ids[name]
+                    )
+                    ys, xs = np.nonzero(mask)
+                    if ys.size == 0:
+                        raise RuntimeError(f"{kind} at {(x, y)} is not visible from the camera")
+                    crop = np.s_[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+                    rgba = np.dstack([obs["image"][crop], mask[crop].astype(np.uint8) * 255])
+                    arrays[f"{kind}__{color}__{i}"] = rgba
+    finally:
+        env.close()
+    meta = {"resolution": resolution, "positions": [list(p) for p in positions]}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out_path, **arrays)
+    return out_path
+
+
+@functools.lru_cache(maxsize=4)
+def load_sprite_bank(path: str | Path = SPRITE_BANK_PATH) -> dict[tuple[str, str], list]:
+    """``{(kind, color): [uint8 RGBA (h, w, 4), ...]}`` from :func:`render_sprite_bank`'s npz.
+
+    Raises:
+        FileNotFoundError: no sprite bank at ``path``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no sprite bank at {str(path)!r}; render one: render_sprite_bank")
+    bank: dict[tuple[str, str], list] = {}
+    with np.load(path) as data:
+        for key in sorted(data.files):
+            if key != "meta":
+                kind, color, _ = key.split("__")
+                bank.setdefault((kind, color), []).append(data[key])
+    return bank
+
+
+def sprite_object(rgba: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
+    """A sprite (uint8 RGBA ``(h, w, 4)``) scaled to ``width`` px: float32 ``rgb (h', w', 3)``
+    and ``alpha (h', w')``, like :func:`draw_object`."""
+    h, w = rgba.shape[:2]
+    new_w = max(3, int(round(width)))
+    new_h = max(3, int(round(h * new_w / w)))
+    alpha = rgba[..., 3].astype(np.float32) / 255.0
+    premultiplied = rgba[..., :3].astype(np.float32) / 255.0 * alpha[..., None]
+    interpolation = cv2.INTER_AREA if new_w < w else cv2.INTER_LINEAR
+    premultiplied = cv2.resize(premultiplied, (new_w, new_h), interpolation=interpolation)
+    alpha = np.clip(cv2.resize(alpha, (new_w, new_h), interpolation=interpolation), 0.0, 1.0)
+    rgb = premultiplied / np.maximum(alpha[..., None], 1e-6)
+    return np.clip(rgb, 0.0, 1.0).astype(np.float32), alpha.astype(np.float32)
 
 
 def paste(
@@ -397,6 +505,10 @@ class PasteDistractorEditor(BaseEditor):
         blend: ``"normal"`` (``cv2.seamlessClone`` NORMAL_CLONE: opaque objects keep their
             colors while their rim blends into the table), ``"mixed"`` (MIXED_CLONE: lets table
             texture show through, more "decal" than object), or ``"alpha"``.
+        style: ``"drawn"`` (shaded shapes, :func:`draw_object`) or ``"sprites"`` (crops of the
+            real sim objects from :func:`render_sprite_bank`; when the bank file is missing
+            the editor warns and draws, and the record says ``params["style"] == "drawn"``).
+        sprite_path: the sprite bank (default: the one shipped in ``wm_env/assets``).
     """
 
     name = "paste"
@@ -410,6 +522,8 @@ class PasteDistractorEditor(BaseEditor):
         max_size_frac: float = 0.12,
         free_region: str | Callable[[np.ndarray], np.ndarray] = "table",
         blend: str = "normal",
+        style: str = "drawn",
+        sprite_path: str | Path | None = None,
     ) -> None:
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
             raise ValueError(f"count must be an integer >= 0; got {count!r}")
@@ -433,6 +547,14 @@ class PasteDistractorEditor(BaseEditor):
         if not callable(free_region) and free_region not in FREE_REGIONS:
             raise UnknownNameError("free region", str(free_region), FREE_REGIONS)
         lookup("blend", blend, BLENDS)
+        lookup("style", style, {s: s for s in STYLES})
+        self.sprites: dict[tuple[str, str], list] | None = None
+        if style == "sprites":
+            try:
+                self.sprites = load_sprite_bank(Path(sprite_path or SPRITE_BANK_PATH))
+            except FileNotFoundError as error:
+                warnings.warn(f"{error}; drawing the distractors instead", stacklevel=2)
+        self.style = "sprites" if self.sprites is not None else "drawn"
         self.count = int(count)
         self.kinds = tuple(kinds)
         self.colors = tuple(colors)
@@ -471,7 +593,12 @@ class PasteDistractorEditor(BaseEditor):
             kind = self.kinds[int(rng.integers(len(self.kinds)))]
             color = self.colors[int(rng.integers(len(self.colors)))]
             width = rng.uniform(self.min_size_frac, self.max_size_frac) * min(H, W)
-            rgb, alpha = draw_object(kind, DISTRACTOR_COLORS[color], width)  # (h, w, 3), (h, w)
+            if self.sprites is not None and self.sprites.get((kind, color)):
+                choices = self.sprites[(kind, color)]
+                sprite = choices[int(rng.integers(len(choices)))]
+                rgb, alpha = sprite_object(sprite, width)  # (h, w, 3), (h, w)
+            else:
+                rgb, alpha = draw_object(kind, DISTRACTOR_COLORS[color], width)
             h, w = alpha.shape
             # The object plus a `gap` must lie on free pixels, apart from other objects; the
             # blend region (object + margin) must stay 1 px inside the image.
@@ -495,6 +622,7 @@ class PasteDistractorEditor(BaseEditor):
         params = {
             "objects": objects,
             "blend": self.blend,
+            "style": self.style,
             "margin_px": self.margin,
             "free_region": self.free_region if isinstance(self.free_region, str) else "custom",
             "fallback": any(o["placement"] != "free" for o in objects),
@@ -672,7 +800,7 @@ class InstructPix2PixEditor(_DiffusionEditor):
     def __init__(
         self,
         path: str | Path,
-        prompt: str = "add a red mug on the table",
+        prompt: str = "add a purple mug on the table",
         num_inference_steps: int = 10,
         image_guidance_scale: float = 1.5,
         guidance_scale: float = 7.0,
@@ -812,3 +940,9 @@ def build_editor(name: str = DEFAULT_EDITOR, **options: Any) -> ImageEditor:
         if option not in valid:
             raise TypeError(unknown_name_message(f"option of editor {name!r}", option, valid))
     return cls(**options)
+
+
+if __name__ == "__main__":  # python -m wm_env.editing [OUT.npz]: render the sim sprite bank
+    import sys
+
+    print(render_sprite_bank(*sys.argv[1:2]))

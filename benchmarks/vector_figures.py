@@ -1,0 +1,88 @@
+"""Throughput of the batched vector env against N single envs stepped in a loop.
+
+Usage::
+
+    python -m benchmarks.vector_figures --bundle models/default --starts data/sim64
+
+For each N it times the vector env (one batched model call per step) and N single
+``WorldModelEnv`` instances stepped one after the other, in the same run, and reports env steps
+per second and their ratio. Writes ``benchmarks/results/vector_figures.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import wm_env
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def vector_steps_per_second(bundle: Path, starts, n: int, steps: int) -> float:
+    env = gym.make_vec(wm_env.WORLD_MODEL_ENV_ID, num_envs=n, vectorization_mode="vector_entry_point", model=bundle, starts=starts)
+    env.reset(seed=0)
+    actions = np.zeros((n, 7), dtype=np.float32)
+    env.step(actions)  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        env.step(actions)
+    return n * steps / (time.perf_counter() - start)
+
+
+def single_steps_per_second(bundle: Path, starts, n: int, steps: int) -> float:
+    from wm_env.world_model import WorldModel
+
+    envs = [gym.make(wm_env.WORLD_MODEL_ENV_ID, model=WorldModel.from_pretrained(bundle), starts=starts) for _ in range(n)]
+    for i, env in enumerate(envs):
+        env.reset(seed=i)
+        env.step(np.zeros(7, dtype=np.float32))  # warm-up
+    action = np.zeros(7, dtype=np.float32)
+    start = time.perf_counter()
+    for _ in range(steps):
+        for env in envs:
+            env.step(action)
+    return n * steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, default=Path("models/default"))
+    parser.add_argument("--starts", default="data/sim64", help="dataset dir or PNG+JSON folder")
+    parser.add_argument("--sizes", default="1,4,16,64")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    from wm_env.envs.starts import StartSet
+
+    starts = StartSet.load(args.starts)
+    figures: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "date": time.strftime("%Y-%m-%d"),
+        "bundle": str(args.bundle),
+        "sizes": {},
+    }
+    for n in (int(x) for x in args.sizes.split(",")):
+        vector = vector_steps_per_second(args.bundle, starts, n, args.steps)
+        single = single_steps_per_second(args.bundle, starts, n, max(1, args.steps // 2))
+        figures["sizes"][str(n)] = {"vector_steps_per_s": vector, "single_loop_steps_per_s": single, "speedup": vector / single}
+        print(f"N={n}: vector {vector:.1f} steps/s, {n} single envs {single:.1f} steps/s, {vector / single:.2f}x")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "vector_figures.json").write_text(json.dumps(figures, indent=2))
+    md = [f"Machine: {figures['machine']}; {figures['date']}; bundle {figures['bundle']}.", "", "| N | vector env steps/s | N single envs steps/s | speedup |", "|---|---|---|---|"]
+    md += [f"| {n} | {v['vector_steps_per_s']:.1f} | {v['single_loop_steps_per_s']:.1f} | {v['speedup']:.2f}x |" for n, v in figures["sizes"].items()]
+    (args.out / "vector_figures.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
