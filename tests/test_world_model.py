@@ -269,9 +269,9 @@ def test_actions_change_the_prediction(wm, blob_render):
             ends[dx] = frame
         differences.append(np.abs(ends[1.0].astype(int) - ends[-1.0].astype(int)).mean())
         shifts.append(centre_x(ends[1.0]) - centre_x(ends[-1.0]))
-    assert min(differences) > 1.0  # grey levels, mean over all pixels
+    assert min(differences) > 2.0  # grey levels, mean over all pixels
     shifts = np.concatenate(shifts)
-    assert shifts.mean() > 0.5  # pixels (the data would give 24 px; the tiny model learns some)
+    assert shifts.mean() > 1.0  # pixels (the data says 24 px; the tiny model learns a part)
     assert (shifts > 0).mean() >= 0.75
 
 

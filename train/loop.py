@@ -220,7 +220,7 @@ class Trainer:
             saved = json.loads(state_path.read_text())
         except json.JSONDecodeError as error:
             raise CorruptFileError(state_path, f"not valid JSON ({error})") from None
-        if saved.get("run_config") != self.run_config:
+        if _identity(saved.get("run_config")) != _identity(self.run_config):
             raise ValueError(
                 f"{self.out} holds a run with a different configuration; use a new --out or the same settings.\n"
                 f"stored: {saved.get('run_config')}\nnow:    {self.run_config}"
@@ -361,6 +361,17 @@ class _LossLog:
     def close(self) -> None:
         if self.writer_tb is not None:
             self.writer_tb.close()
+
+
+RUN_CONTROL_KEYS = frozenset({"seconds", "threads", "tensorboard", "checkpoint_every", "log_every"})
+
+
+def _identity(run_config: Any) -> Any:
+    """A run config without its run-control knobs (time budget, threads, logging cadence):
+    a run may resume with other values of those, not with other model or data settings."""
+    if isinstance(run_config, dict):
+        return {k: _identity(v) for k, v in run_config.items() if k not in RUN_CONTROL_KEYS}
+    return run_config
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -146,6 +146,23 @@ def latent_statistics(
     }
 
 
+def action_bounds(stats: dict) -> tuple[list[float], list[float]]:
+    """The world-model env's action bounds from a dataset's action statistics.
+
+    Actions that all lie in [-1, 1] (our sim's OSC deltas, OpenVLA-normalised datasets) get
+    exactly ``[-1, 1]``: the sim envs' action space, so a policy runs unchanged in both worlds.
+    Otherwise the data's min / max, widened where a dimension never varies (min == max).
+    """
+    low = np.asarray(stats["min"][:7], dtype=np.float64)
+    high = np.asarray(stats["max"][:7], dtype=np.float64)
+    if low.min() >= -1.0 and high.max() <= 1.0:
+        return [-1.0] * 7, [1.0] * 7
+    flat = high - low < 1e-6
+    low[flat] -= 1.0
+    high[flat] += 1.0
+    return low.tolist(), high.tolist()
+
+
 def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Path:
     """Train the DiT; write ``dynamics.safetensors`` and the action statistics into the bundle."""
     from train.dit import DiT, DiTConfig
@@ -262,7 +279,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         **stats,
     }
     write_component(config.bundle, "dynamics", section, trained.state_dict())
-    low, high = action_stats["min"][:7], action_stats["max"][:7]
+    low, high = action_bounds(action_stats)
     update_config(
         config.bundle,
         actions={"stats": action_stats, "low": low, "high": high, "frame_skip": config.frame_skip},

@@ -146,3 +146,46 @@ class InstructionWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def _info(self, info: dict[str, Any]) -> dict[str, Any]:
         perturbation = {"original": self.original, "perturbed": self.perturbed, "mode": self.mode}
         return {**info, "instruction_perturbation": perturbation}
+
+
+class JudgeWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Rewards and ends episodes by a judge's verdict on the frames seen so far.
+
+    With ``every=None`` the judge is called once, when the episode is truncated (the time
+    limit): reward 1.0 on success. With ``every=n`` it is also called every ``n`` steps and a
+    success terminates the episode. The verdict goes to ``info["verdict"]``; an abstention
+    (``success=None``) gives reward 0 and is recorded, never turned into a failure.
+
+    Args:
+        env: an env whose observations have ``image`` and ``instruction``.
+        judge: any :class:`judges.base.Judge`.
+        every: judge every n steps (None: only at the end).
+    """
+
+    def __init__(self, env: gym.Env, judge, every: int | None = None) -> None:
+        if every is not None and every < 1:
+            raise ValueError(f"every must be >= 1 or None; got {every}")
+        gym.utils.RecordConstructorArgs.__init__(self, judge=judge, every=every)
+        gym.Wrapper.__init__(self, env)
+        self.judge, self.every = judge, every
+        self._frames: list[np.ndarray] = []
+        self._instruction = ""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._frames = [obs["image"]]
+        self._instruction = obs["instruction"]
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._frames.append(obs["image"])
+        steps = len(self._frames) - 1
+        due = truncated or terminated or (self.every is not None and steps % self.every == 0)
+        if due:
+            verdict = self.judge.judge(np.stack(self._frames), self._instruction)
+            info = {**info, "verdict": verdict}
+            if verdict.success:
+                reward = 1.0
+                terminated = terminated or self.every is not None
+        return obs, reward, terminated, truncated, info
