@@ -21,6 +21,7 @@ from train.loop import (
     Trainer,
     config_dict,
     lr_at,
+    pin_run_inputs,
 )
 from wm_env.errors import CorruptFileError
 
@@ -268,6 +269,23 @@ def test_run_config_is_normalised_to_json(tmp_path):
     assert config["OptimConfig"]["betas"] == [0.9, 0.99]  # tuple -> list, as JSON stores it
     trainer(tmp_path, steps=2, run_config=config).fit(progress=False)
     assert trainer(tmp_path, steps=2, run_config=config).state.step == 2
+
+
+def test_pinned_inputs_must_match_to_resume(tmp_path):
+    legacy = tmp_path / "legacy"
+    trainer(legacy, steps=3).fit(progress=False)  # checkpointed without inputs
+    old = trainer(legacy, steps=3)
+    pin_run_inputs(old, ["abc"])  # resumes as before, and records them from now on
+    assert old.state.step == 3
+
+    t = trainer(tmp_path / "run", steps=3)
+    pin_run_inputs(t, ["abc"])
+    t.fit(progress=False)
+    same = trainer(tmp_path / "run", steps=3)
+    pin_run_inputs(same, ("abc",))  # JSON-normalised: a tuple is the same list
+    assert same.state.step == 3
+    with pytest.raises(ValueError, match="trained on other inputs"):
+        pin_run_inputs(trainer(tmp_path / "run", steps=3), ["def"])
 
 
 def test_truncated_checkpoint_weights_raise_naming_the_file(tmp_path):

@@ -6,6 +6,7 @@ work on a copy; every run directory is under tmp_path (the default is ``runs/<bu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -143,8 +144,8 @@ def test_dynamics_stage_wrote_dynamics_and_actions(tiny_bundle):
     assert dynamics["encoder_sha256"] == [config["files"]["encoder.safetensors"]["sha256"]]
     actions = config["actions"]
     assert actions["frame_skip"] == 1
-    assert len(actions["low"]) == len(actions["high"]) == 7
-    assert -1.0 <= actions["low"][0] < 0 < actions["high"][0] <= 1.0
+    # the data's actions lie in [-1, 1]: the bounds are exactly the sim's box
+    assert actions["low"] == [-1.0] * 7 and actions["high"] == [1.0] * 7
     assert set(actions["stats"]) >= {"q01", "q99", "mean", "std", "min", "max"}
 
 
@@ -238,10 +239,18 @@ def test_dynamics_stage_latent_cache(bundle_copy, blob_dataset, tmp_path, spy):
     # the same inputs: the cache is reused
     run_dynamics_stage(config, progress=False)
     assert len(calls) == 1
-    # new encoder weights change the key: recomputed
+    # new encoder weights change the key: recomputed; and the finished run in run_dir, trained
+    # on the old encoder's latents, is not resumed as if it fitted the new one
     perturb_encoder(bundle_copy)
-    run_dynamics_stage(config, progress=False)
+    with pytest.raises(ValueError, match="trained on other inputs"):
+        run_dynamics_stage(config, progress=False)
     assert len(calls) == 2
+    run_dynamics_stage(dataclasses.replace(config, run_dir=tmp_path / "run2"), progress=False)
+    assert len(calls) == 3
+    bundle_config = read_config(bundle_copy)
+    assert bundle_config["dynamics"]["encoder_sha256"] == [
+        bundle_config["files"]["encoder.safetensors"]["sha256"]
+    ]
     # the patch-2 DiT bundle loads and steps
     model = WorldModel.from_pretrained(bundle_copy)
     model.reset(np.zeros((1, 32, 32, 3), np.uint8), seed=0)
@@ -258,7 +267,7 @@ def test_latent_statistics():
     assert len(stats["delta_std"]) == 3 and all(v > 0 for v in stats["delta_std"])
     # constant latents: stds are clamped away from zero, so normalising never divides by 0
     flat = latent_statistics(torch.ones(6, 2, 2), np.arange(5), frame_skip=1)
-    assert min(flat["latent_std"] + flat["delta_std"]) >= 1e-4
+    assert min(flat["latent_std"] + flat["delta_std"]) == pytest.approx(1e-4)
 
 
 # ---------------------------------------------------------------------- decoder stage
@@ -307,8 +316,10 @@ def test_decoder_stage_latent_cache_follows_encoder_weights(
     run_decoder_stage(config, progress=False)
     assert len(calls) == 1  # the same encoder: cached latents reused
     perturb_encoder(bundle_copy)  # e.g. retrained with another lr: same section, new weights
-    run_decoder_stage(config, progress=False)
+    with pytest.raises(ValueError, match="trained on other inputs"):
+        run_decoder_stage(config, progress=False)  # the finished run does not fit them
     assert len(calls) == 2, "latents of the old encoder were reused"
+    run_decoder_stage(dataclasses.replace(config, run_dir=tmp_path / "run2"), progress=False)
 
 
 # ---------------------------------------------------------------------- adapter stage
@@ -371,7 +382,8 @@ def test_adapter_stage_feature_cache_follows_encoder_weights(
     run_adapter_stage(config, progress=False)
     assert len(calls) == 1
     perturb_encoder(bundle_copy)
-    run_adapter_stage(config, progress=False)
+    with pytest.raises(ValueError, match="trained on other inputs"):
+        run_adapter_stage(config, progress=False)
     assert len(calls) == 2, "features of the old encoder were reused"
 
 

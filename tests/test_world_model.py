@@ -71,6 +71,7 @@ def test_shapes_and_dtypes(wm, starts):
     assert wm.history == 2 and wm.frame_skip == 1 and wm.target == "delta"
     assert wm.latent_shape == (TOKENS, CHANNELS)
     assert wm.image_size == (SIZE, SIZE)
+    assert wm.fps == 10.0  # the dataset's rate (frame_skip 1)
     first = wm.reset(starts, seed=0)
     assert first.dtype == np.uint8 and first.shape == (3, SIZE, SIZE, 3)
     assert wm.batch_size == 3

@@ -274,3 +274,24 @@ def test_judge_input_validation():
         check_judge_input(np.zeros((2, 8, 8, 3), np.uint8), "  ")
     with pytest.raises(ValueError, match="score"):
         Verdict(True, 1.5)
+
+
+def test_bundle_with_a_retrained_encoder_is_refused(tiny_bundle, tmp_path):
+    """The dynamics model records which encoder weights it was trained on; a bundle whose
+    encoder changed afterwards is refused at load instead of producing silently wrong frames."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from wm_env.bundle import write_component
+    from wm_env.world_model import WorldModel
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    config = json.loads((bundle / "config.json").read_text())
+    state = load_file(str(bundle / "encoder.safetensors"))
+    first = next(iter(state))
+    state[first] = state[first] + 0.01
+    write_component(bundle, "encoder", config["encoder"], state)
+    with pytest.raises(BundleError, match="retrain"):
+        WorldModel.from_pretrained(bundle)

@@ -300,7 +300,7 @@ class Trainer:
             self._update_ema(step)
             self.state.step += 1
             self.state.seconds = seconds_at_start + time.perf_counter() - started
-            terms = {"loss": float(loss), **terms}
+            terms = {"loss": loss.item(), **terms}
             if log is not None and (step % config.log_every == 0 or self.done):
                 log.write(step, lr_at(step, config), self.state.seconds, terms)
             bar.update()
@@ -393,6 +393,25 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(str(tmp))
     os.replace(tmp, path)
+
+
+def pin_run_inputs(trainer: Trainer, inputs: Any) -> None:
+    """Refuse to resume a run that was trained on other ``inputs``, and record them for later.
+
+    ``inputs`` (JSON-able) is what a stage's data comes from besides its settings, e.g. the
+    hashes of the frozen encoder/adapter weights its latents are computed with: ``run_config``
+    cannot see a retrained encoder, so without this a re-run would resume (or return) the old
+    model. Runs checkpointed before inputs were recorded resume as before.
+    """
+    inputs = json.loads(json.dumps(inputs, default=str))
+    stored = trainer.state.extra.get("inputs")
+    if stored is not None and stored != inputs:
+        raise ValueError(
+            f"{trainer.out} holds a run trained on other inputs (the bundle's encoder or adapter "
+            f"weights changed since); use a new run directory to train on the new ones.\n"
+            f"stored: {stored}\nnow:    {inputs}"
+        )
+    trainer.state.extra["inputs"] = inputs
 
 
 def config_dict(*configs: Any) -> dict[str, Any]:

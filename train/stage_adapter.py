@@ -8,7 +8,14 @@ from pathlib import Path
 import torch
 
 from train.data import DataConfig, dataset_fingerprint, load_split
-from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict
+from train.loop import (
+    OptimConfig,
+    RuntimeConfig,
+    Trainer,
+    batch_rng,
+    config_dict,
+    pin_run_inputs,
+)
 from train.stage_dynamics import cached_latents, encode_frames
 from wm_env.bundle import read_config, write_component
 from wm_env.world_model import build_encoder_from_config
@@ -58,7 +65,12 @@ def run_adapter_stage(config: AdapterStageConfig, progress: bool = True) -> Path
         write_component(config.bundle, "adapter", {"name": "identity", "options": {}})
         return config.bundle
     dataset, train, _ = load_split(config.data, progress)
-    key = f"{dataset_fingerprint(dataset)}|{bundle_config['encoder']}|features"
+    weights = [  # the section does not pin the weights (e.g. a retrain with another lr)
+        bundle_config["files"][f]["sha256"]
+        for f in sorted(bundle_config["files"])
+        if f.split(".")[0] == "encoder"
+    ]
+    key = f"{dataset_fingerprint(dataset)}|{bundle_config['encoder']}|{weights}|features"
     features = cached_latents(
         config.resolved_run_dir() / "features_train.safetensors",
         key,
@@ -83,6 +95,7 @@ def run_adapter_stage(config: AdapterStageConfig, progress: bool = True) -> Path
         config.runtime,
         run_config=config_dict(config),
     )
+    pin_run_inputs(trainer, weights)
     trained = trainer.fit(progress)
     write_component(
         config.bundle,

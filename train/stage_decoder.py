@@ -14,9 +14,16 @@ import numpy as np
 import torch
 
 from train.data import DataConfig, dataset_fingerprint, load_split
-from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict
+from train.loop import (
+    OptimConfig,
+    RuntimeConfig,
+    Trainer,
+    batch_rng,
+    config_dict,
+    pin_run_inputs,
+)
 from train.stage_dynamics import cached_latents, encode_frames
-from wm_env.bundle import read_config, write_component
+from wm_env.bundle import latent_space_hashes, read_config, write_component
 from wm_env.world_model import build_adapter_from_config, build_encoder_from_config
 
 
@@ -60,9 +67,8 @@ def run_decoder_stage(config: DecoderStageConfig, progress: bool = True) -> Path
     adapter = build_adapter_from_config(bundle_config, config.bundle, device)
     dataset, train, _ = load_split(config.data, progress)
     frames = train["frames"]  # (N, H, W, 3) uint8
-    key = (
-        f"{dataset_fingerprint(dataset)}|{bundle_config['encoder']}|{bundle_config.get('adapter')}"
-    )
+    weights = latent_space_hashes(bundle_config)  # sections alone do not pin the weights
+    key = f"{dataset_fingerprint(dataset)}|{bundle_config['encoder']}|{bundle_config.get('adapter')}|{weights}"
     latents = cached_latents(
         config.resolved_run_dir() / "latents_train.safetensors",
         key,
@@ -105,6 +111,7 @@ def run_decoder_stage(config: DecoderStageConfig, progress: bool = True) -> Path
         config.runtime,
         run_config=config_dict(config),
     )
+    pin_run_inputs(trainer, weights)
     trained = trainer.fit(progress)
     section = {
         "config": json_ready(dataclasses.asdict(decoder_config)),

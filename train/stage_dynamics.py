@@ -17,8 +17,15 @@ from tqdm.auto import tqdm
 
 from train.clips import ClipIndex
 from train.data import DataConfig, dataset_fingerprint, load_split
-from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict
-from wm_env.bundle import read_config, update_config, write_component
+from train.loop import (
+    OptimConfig,
+    RuntimeConfig,
+    Trainer,
+    batch_rng,
+    config_dict,
+    pin_run_inputs,
+)
+from wm_env.bundle import latent_space_hashes, read_config, update_config, write_component
 from wm_env.world_model import (
     build_adapter_from_config,
     build_encoder_from_config,
@@ -178,11 +185,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     adapter = build_adapter_from_config(bundle_config, config.bundle, device)
     dataset, train, _ = load_split(config.data, progress)
     run_dir = config.resolved_run_dir()
-    weights = [
-        bundle_config["files"][f]["sha256"]
-        for f in sorted(bundle_config["files"])
-        if f.split(".")[0] in ("encoder", "adapter")
-    ]
+    weights = latent_space_hashes(bundle_config)
     key = f"{dataset_fingerprint(dataset)}|{bundle_config['encoder']}|{bundle_config.get('adapter')}|{weights}"
     latents = cached_latents(
         run_dir / "latents_train.safetensors",
@@ -259,6 +262,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     trainer = Trainer(
         model, loss_fn, run_dir, config.optim, config.runtime, run_config=config_dict(config)
     )
+    pin_run_inputs(trainer, weights)
     trained = trainer.fit(progress)
     section = {
         "dit": {

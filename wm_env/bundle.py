@@ -156,6 +156,15 @@ def load_weights(
         raise CorruptFileError(path, f"cannot read safetensors ({error})") from None
 
 
+def latent_space_hashes(config: dict[str, Any]) -> list[str]:
+    """SHA-256 of the encoder and adapter weight files (what defines the latent space)."""
+    return [
+        config["files"][f]["sha256"]
+        for f in sorted(config.get("files", {}))
+        if f.split(".")[0] in ("encoder", "adapter")
+    ]
+
+
 def bundle_sha256(bundle: str | os.PathLike) -> str:
     """SHA-256 of the canonical config (which holds the hash of every weight file)."""
     return hashlib.sha256(_canonical(read_config(bundle)).encode()).hexdigest()

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wm_env.bundle import load_weights, verify
+from wm_env.bundle import BundleError, latent_space_hashes, load_weights, verify
 from wm_env.spaces import ACTION_DIM
 
 # ---------------------------------------------------------------------- component builders
@@ -226,6 +226,12 @@ class WorldModel:
                     Path(path) / "config.json",
                     f"has no {section!r} section: train that stage first",
                 )
+        trained_on = config["dynamics"].get("encoder_sha256")
+        if trained_on is not None and trained_on != latent_space_hashes(config):
+            raise BundleError(
+                f"{path}: the dynamics model was trained on other encoder/adapter weights than the bundle now holds; "
+                f"retrain it (`wmgym train dynamics --bundle {path}`)"
+            )
         device = torch.device(device)
         dit = build_dit_from_config(config, path, device)
         if compile:
