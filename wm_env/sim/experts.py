@@ -85,6 +85,7 @@ class Phase:
     done: Callable[[PrivilegedState, int], bool]  # (state, steps spent in phase) -> bool
     yaw_of: str | None = None  # align the gripper with this object's yaw
     yaw: float | None = None  # or hold this yaw (radians from the home pose)
+    speed: float = 1.0  # cap on the position action (1.0 = full speed)
 
 
 def _rz(yaw: float) -> np.ndarray:
@@ -115,6 +116,13 @@ def _grasp_yaw(yaw: float) -> float:
 
 def _near(target: Callable, tol: float) -> Callable[[PrivilegedState, int], bool]:
     return lambda s, _n: np.linalg.norm(target(s) - s.eef_position) < tol
+
+
+def _near_or_after(
+    target: Callable, tol: float, steps: int
+) -> Callable[[PrivilegedState, int], bool]:
+    near = _near(target, tol)
+    return lambda s, n: near(s, n) or n >= steps
 
 
 def _after(steps: int) -> Callable[[PrivilegedState, int], bool]:
@@ -215,8 +223,27 @@ class ScriptedExpert:
             return s.object_positions[target] + np.array([0.0, 0.0, -0.005])
 
         return [
-            Phase("approach", hover, OPEN, _near(hover, 0.015), yaw_of=target),
-            Phase("descend", grip, OPEN, _near(grip, 0.01), yaw_of=target),
+            # descend only once the hand is turned to the cube: open fingers brushing a corner
+            # on the way down turn the cube out of the grasp
+            Phase(
+                "approach",
+                hover,
+                OPEN,
+                lambda s, n: _near(hover, 0.015)(s, n) and self.rotation_error(s) < 0.06,
+                yaw_of=target,
+            ),
+            # The proportional law leaves about 1 cm of steady-state error against contacts:
+            # grasp when close, or after 1.6 s of descending at the latest.
+            # slowly: a 6 cm cube leaves 1 cm per side in the open hand, so the descent must not
+            # outrun the sideways tracking
+            Phase(
+                "descend",
+                grip,
+                OPEN,
+                _near_or_after(grip, 0.012, self._wait_steps(2.0)),
+                yaw_of=target,
+                speed=0.35,
+            ),
             Phase("grasp", grip, CLOSE, _after(self._wait_steps(0.5))),
         ]
 
@@ -279,6 +306,11 @@ class ScriptedExpert:
         ]
 
     # ------------------------------------------------------------------ control
+    def rotation_error(self, state: PrivilegedState) -> float:
+        """Angle (radians) between the hand and the orientation the expert is steering to."""
+        goal = _rz(self.yaw) @ self.home_rotation
+        return float(np.linalg.norm(_axis_angle(goal @ state.eef_rotation.T)))
+
     @property
     def phase(self) -> str:
         """Name of the phase the expert is in."""
@@ -295,7 +327,9 @@ class ScriptedExpert:
             phase = self.phases[self.phase_index]
         self.steps_in_phase += 1
         action = np.zeros(7)
-        action[:3] = POS_GAIN * (phase.target(state) - state.eef_position)
+        action[:3] = np.clip(
+            POS_GAIN * (phase.target(state) - state.eef_position), -phase.speed, phase.speed
+        )
         if phase.yaw_of:  # align with the object; later phases keep the last alignment
             self.yaw = _grasp_yaw(state.object_yaws[phase.yaw_of])
         elif phase.yaw is not None:
