@@ -190,7 +190,7 @@ class ScriptedExpert:
             drop_height = 2 * CUBE_HALF + 0.012
         elif family == "place":
             base = roles["bin"]
-            drop_height = CUBE_HALF + 0.035
+            drop_height = CUBE_HALF + 0.05  # the cube clears the 4 cm walls by 2 cm
         else:
             raise ValueError(f"no expert for family {family!r}")
         phases.append(
@@ -205,6 +205,7 @@ class ScriptedExpert:
                 lambda s: np.array([*s.object_positions[base][:2], lift_z]),
                 CLOSE,
                 self._xy_near(base, 0.012),
+                speed=0.6,  # a fast carry shakes a cube out of the fingers
             ),
             Phase("lower", above(base, drop_height), CLOSE, _near(above(base, drop_height), 0.012)),
             Phase("release", above(base, drop_height), OPEN, _after(self._wait_steps(0.5))),
@@ -220,7 +221,9 @@ class ScriptedExpert:
             return s.object_positions[target] + np.array([0.0, 0.0, 0.10])
 
         def grip(s: PrivilegedState) -> np.ndarray:
-            return s.object_positions[target] + np.array([0.0, 0.0, -0.005])
+            return s.object_positions[target] + np.array(
+                [0.0, 0.0, -0.012]
+            )  # deep: fingers below the centre
 
         return [
             # descend only once the hand is turned to the cube: open fingers brushing a corner
@@ -327,9 +330,8 @@ class ScriptedExpert:
             phase = self.phases[self.phase_index]
         self.steps_in_phase += 1
         action = np.zeros(7)
-        action[:3] = np.clip(
-            POS_GAIN * (phase.target(state) - state.eef_position), -phase.speed, phase.speed
-        )
+        error = phase.target(state) - state.eef_position
+        action[:3] = np.clip(POS_GAIN * error, -phase.speed, phase.speed)
         if phase.yaw_of:  # align with the object; later phases keep the last alignment
             self.yaw = _grasp_yaw(state.object_yaws[phase.yaw_of])
         elif phase.yaw is not None:

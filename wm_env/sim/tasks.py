@@ -46,7 +46,7 @@ DIRECTIONS: dict[str, tuple[float, float]] = {
 }
 
 # Where objects may be placed (table frame, metres): inside the main camera's clear view.
-WORKSPACE_X = (-0.10, 0.10)
+WORKSPACE_X = (-0.08, 0.10)  # nearer the robot base the OSC leaves a 1-2 cm offset: grasps slip
 WORKSPACE_Y = (-0.14, 0.14)
 FOOTPRINT = {"cube": 0.05, "bin": 0.1, "ball": 0.027, "cylinder": 0.025, "capsule": 0.02}
 BIN_REGION_X = (-0.08, 0.10)  # bins are large: they get a slightly wider band than cubes
