@@ -197,6 +197,10 @@ class TaskFamily:
     episode_seconds: float = 8.0  # default episode length, converted to env steps by the env
 
     def sample(self, rng: np.random.Generator) -> EpisodeSpec:
+        """A random episode spec; layouts are rejection-sampled and restarted when stuck."""
+        return with_restarts(self._sample, rng)
+
+    def _sample(self, rng: np.random.Generator) -> EpisodeSpec:
         raise NotImplementedError
 
     def success(self, scene: SceneView, spec: EpisodeSpec) -> bool:
@@ -228,7 +232,7 @@ class LiftFamily(TaskFamily):
     name = "lift"
     episode_seconds = 6.0
 
-    def sample(self, rng):
+    def _sample(self, rng):
         cubes = self._cubes(rng, self.num_cubes)
         target = cubes[0]
         return EpisodeSpec(
@@ -249,7 +253,7 @@ class StackFamily(TaskFamily):
     name = "stack"
     episode_seconds = 10.0
 
-    def sample(self, rng):
+    def _sample(self, rng):
         cubes = self._cubes(rng, self.num_cubes)
         top, base = cubes[0], cubes[1]
         return EpisodeSpec(
@@ -289,7 +293,7 @@ class PushFamily(TaskFamily):
     name = "push"
     episode_seconds = 7.0
 
-    def sample(self, rng):
+    def _sample(self, rng):
         direction = str(rng.choice(sorted(DIRECTIONS)))
         d = np.array(DIRECTIONS[direction])
         # The target starts where it has room to travel: shift the sampling box against d.
@@ -345,7 +349,7 @@ class PlaceFamily(TaskFamily):
     num_bins = 2
     episode_seconds = 10.0
 
-    def sample(self, rng):
+    def _sample(self, rng):
         colors = rng.choice(sorted(TASK_COLORS), size=4, replace=False)
         bin_xy = _sample_positions(rng, ["bin"] * 2, [], BIN_REGION_X, BIN_REGION_Y)
         bins = [
