@@ -391,7 +391,7 @@ def test_instruct_pix2pix_editor(pix2pix_path):
     out, record = editor.edit(image, rng(0))
     np.testing.assert_array_equal(image, original)
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8
-    assert record.editor == "instruct-pix2pix" and record.prompt == "add a red mug on the table"
+    assert record.editor == "instruct-pix2pix" and record.prompt == "add a purple mug on the table"
     assert record.params["path"] == str(pix2pix_path) and record.count == len(record.boxes)
     json.dumps(record.to_dict())
     again, _ = editor.edit(image, rng(0))
