@@ -28,7 +28,13 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def vector_steps_per_second(bundle: Path, starts, n: int, steps: int) -> float:
-    env = gym.make_vec(wm_env.WORLD_MODEL_ENV_ID, num_envs=n, vectorization_mode="vector_entry_point", model=bundle, starts=starts)
+    env = gym.make_vec(
+        wm_env.WORLD_MODEL_ENV_ID,
+        num_envs=n,
+        vectorization_mode="vector_entry_point",
+        model=bundle,
+        starts=starts,
+    )
     env.reset(seed=0)
     actions = np.zeros((n, 7), dtype=np.float32)
     env.step(actions)  # warm-up
@@ -41,7 +47,10 @@ def vector_steps_per_second(bundle: Path, starts, n: int, steps: int) -> float:
 def single_steps_per_second(bundle: Path, starts, n: int, steps: int) -> float:
     from wm_env.world_model import WorldModel
 
-    envs = [gym.make(wm_env.WORLD_MODEL_ENV_ID, model=WorldModel.from_pretrained(bundle), starts=starts) for _ in range(n)]
+    envs = [
+        gym.make(wm_env.WORLD_MODEL_ENV_ID, model=WorldModel.from_pretrained(bundle), starts=starts)
+        for _ in range(n)
+    ]
     for i, env in enumerate(envs):
         env.reset(seed=i)
         env.step(np.zeros(7, dtype=np.float32))  # warm-up
@@ -54,7 +63,9 @@ def single_steps_per_second(bundle: Path, starts, n: int, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bundle", type=Path, default=Path("models/default"))
     parser.add_argument("--starts", default="data/sim64", help="dataset dir or PNG+JSON folder")
     parser.add_argument("--sizes", default="1,4,16,64")
@@ -74,12 +85,26 @@ def main() -> None:
     for n in (int(x) for x in args.sizes.split(",")):
         vector = vector_steps_per_second(args.bundle, starts, n, args.steps)
         single = single_steps_per_second(args.bundle, starts, n, max(1, args.steps // 2))
-        figures["sizes"][str(n)] = {"vector_steps_per_s": vector, "single_loop_steps_per_s": single, "speedup": vector / single}
-        print(f"N={n}: vector {vector:.1f} steps/s, {n} single envs {single:.1f} steps/s, {vector / single:.2f}x")
+        figures["sizes"][str(n)] = {
+            "vector_steps_per_s": vector,
+            "single_loop_steps_per_s": single,
+            "speedup": vector / single,
+        }
+        print(
+            f"N={n}: vector {vector:.1f} steps/s, {n} single envs {single:.1f} steps/s, {vector / single:.2f}x"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "vector_figures.json").write_text(json.dumps(figures, indent=2))
-    md = [f"Machine: {figures['machine']}; {figures['date']}; bundle {figures['bundle']}.", "", "| N | vector env steps/s | N single envs steps/s | speedup |", "|---|---|---|---|"]
-    md += [f"| {n} | {v['vector_steps_per_s']:.1f} | {v['single_loop_steps_per_s']:.1f} | {v['speedup']:.2f}x |" for n, v in figures["sizes"].items()]
+    md = [
+        f"Machine: {figures['machine']}; {figures['date']}; bundle {figures['bundle']}.",
+        "",
+        "| N | vector env steps/s | N single envs steps/s | speedup |",
+        "|---|---|---|---|",
+    ]
+    md += [
+        f"| {n} | {v['vector_steps_per_s']:.1f} | {v['single_loop_steps_per_s']:.1f} | {v['speedup']:.2f}x |"
+        for n, v in figures["sizes"].items()
+    ]
     (args.out / "vector_figures.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

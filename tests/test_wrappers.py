@@ -225,9 +225,9 @@ def test_perturbations_keep_the_slots():
 
 def test_parse_instruction():
     assert parse_instruction("lift the red cube") == ("lift", {"c": "red"})
-    assert parse_instruction("Push the red cube to the forward.") == (
+    assert parse_instruction("Push the red cube to the front.") == (
         "push",
-        {"c": "red", "dir": "forward"},
+        {"c": "red", "dir": "front"},
     )
     assert parse_instruction("put the red cube into the blue bin") == (
         "place",

@@ -32,18 +32,18 @@ NOUNS = {
     "unseen": ("cube", "block", "toy block"),
 }
 BIN_NOUNS = {"paraphrase": ("bin",), "unseen": ("bin", "container", "basket", "tray")}
-# Directions are the robot's: "forward" is away from it, "back" towards it.
+# Directions are the robot's: "front" is away from it, "back" towards it.
 DIRECTION_WORDS = {
     "paraphrase": {
         "left": ("to the left", "left", "leftward"),
         "right": ("to the right", "right", "rightward"),
-        "forward": ("forward", "forwards", "away from you"),
+        "front": ("forward", "to the front", "away from you"),
         "back": ("back", "backward", "backwards", "towards you"),
     },
     "unseen": {
         "left": ("to your left", "over to the left", "towards the left side"),
         "right": ("to your right", "over to the right", "towards the right side"),
-        "forward": ("away from the robot", "further away from you", "ahead"),
+        "front": ("away from the robot", "further away from you", "ahead"),
         "back": ("towards the robot", "closer to you", "back towards yourself"),
     },
 }
@@ -135,7 +135,7 @@ _WORD = r"([a-z]+)"
 PATTERNS = {
     "lift": re.compile(rf"lift the {_WORD} cube"),
     "stack": re.compile(rf"stack the {_WORD} cube on (?:top of )?the {_WORD} cube"),
-    "push": re.compile(rf"push the {_WORD} cube to the (left|right|forward|back)"),
+    "push": re.compile(rf"push the {_WORD} cube to the (left|right|front|back)"),
     "place": re.compile(rf"put the {_WORD} cube into the {_WORD} bin"),
 }
 

