@@ -213,3 +213,14 @@ def tiny_bundle(blob_dataset, tmp_path_factory):
     )
     torch.set_num_threads(threads)
     return bundle
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Every test runs torch on one thread: on 2 busy cores two threads were up to 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,15 +22,6 @@ from wm_env.errors import UnknownNameError
 B, N, D = 4, 16, 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: 2 OpenMP threads on busy shared cores are far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def features(seed: int = 0) -> torch.Tensor:
     """(B, N, D) structured features: a few directions mixed per token, plus a little noise."""
     g = torch.Generator().manual_seed(seed)

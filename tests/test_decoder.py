@@ -13,15 +13,6 @@ from train.perceptual import PERCEPTUAL, build_perceptual
 from wm_env.errors import UnknownNameError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: 2 OpenMP threads on busy shared cores are far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_config(**overrides) -> PixelDecoderConfig:
     kwargs = dict(
         latent_dim=8,

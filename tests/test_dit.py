@@ -20,15 +20,6 @@ from wm_env.errors import UnknownNameError
 D, GRID, A = 4, (4, 4), 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the CI box is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 N = GRID[0] * GRID[1]
 
 

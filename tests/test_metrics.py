@@ -10,14 +10,6 @@ import torch
 from train.metrics import psnr, ssim
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def frames(*lead: int, size: int = 16, seed: int = 0) -> torch.Tensor:
     """Float frames ``(*lead, size, size, 3)`` in [0, 1]: a smooth gradient plus texture."""
     g = torch.Generator().manual_seed(seed)

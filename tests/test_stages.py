@@ -36,14 +36,6 @@ from wm_env.bundle import write_component as write_bundle_component
 from wm_env.world_model import WorldModel, build_adapter_from_config, build_encoder_from_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def few_steps(steps: int = 2, batch_size: int = 4) -> OptimConfig:
     return OptimConfig(
         steps=steps, batch_size=batch_size, lr=1e-3, warmup_steps=1, ema_decay=0.0, log_every=1

@@ -21,14 +21,6 @@ SIZE = 32
 TOKENS, CHANNELS = 16, 4  # 4x4 latent grid, 4 channels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def wm(tiny_bundle):
     return WorldModel.from_pretrained(tiny_bundle)

@@ -21,14 +21,6 @@ from wm_env.spaces import observation_space
 ENV_ID = wm_env.WORLD_MODEL_ENV_ID
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model(tiny_bundle):
     from wm_env.world_model import WorldModel
