@@ -23,7 +23,7 @@ from train.loop import (
     pin_run_inputs,
 )
 from train.stage_dynamics import cached_latents, encode_frames
-from wm_env.bundle import latent_space_hashes, read_config, write_component
+from wm_env.bundle import json_ready, latent_space_hashes, read_config, write_component
 from wm_env.world_model import build_adapter_from_config, build_encoder_from_config
 
 
@@ -119,12 +119,3 @@ def run_decoder_stage(config: DecoderStageConfig, progress: bool = True) -> Path
     }
     write_component(config.bundle, "decoder", section, trained.state_dict())
     return config.bundle
-
-
-def json_ready(value):
-    """Tuples to lists, recursively (dataclass configs into JSON)."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value

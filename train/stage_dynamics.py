@@ -25,7 +25,13 @@ from train.loop import (
     config_dict,
     pin_run_inputs,
 )
-from wm_env.bundle import latent_space_hashes, read_config, update_config, write_component
+from wm_env.bundle import (
+    json_ready,
+    latent_space_hashes,
+    read_config,
+    update_config,
+    write_component,
+)
 from wm_env.world_model import (
     build_adapter_from_config,
     build_encoder_from_config,
@@ -265,10 +271,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     pin_run_inputs(trainer, weights)
     trained = trainer.fit(progress)
     section = {
-        "dit": {
-            k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in dataclasses.asdict(dit_config).items()
-        },
+        "dit": json_ready(dataclasses.asdict(dit_config)),
         "scheduler": scheduler_section,
         "history": config.history,
         "future": config.future,

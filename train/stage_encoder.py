@@ -14,7 +14,7 @@ import torch
 
 from train.data import DataConfig, dataset_fingerprint, load_split
 from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict
-from wm_env.bundle import write_component
+from wm_env.bundle import json_ready, write_component
 
 
 @dataclass(frozen=True)
@@ -69,21 +69,12 @@ def encoder_section(encoder, name: str, options: dict[str, Any], image_size: int
     }
     if name == "vae" and "path" not in options:
         section["vae_config"] = dict(encoder.vae.config)
-    return json_safe(section)
-
-
-def json_safe(value: Any) -> Any:
-    """Turn tuples, Paths and numpy scalars into JSON types (diffusers configs hold such)."""
-    import json
-
-    return json.loads(
-        json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v))
-    )
+    return json_ready(section)
 
 
 def run_encoder_stage(config: EncoderStageConfig, progress: bool = True) -> Path:
     """Train or register the encoder; return the bundle directory."""
-    from train.encoders import build_encoder, small_vae_config
+    from train.encoders import build_encoder, small_vae_config, vae_loss
 
     if config.encoder != "vae" or config.path is not None:
         options = {"path": str(config.path)} if config.path is not None else {}
@@ -115,7 +106,7 @@ def run_encoder_stage(config: EncoderStageConfig, progress: bool = True) -> Path
         images = torch.from_numpy(frames[rng.integers(0, len(frames), batch)]).to(
             config.runtime.device
         )
-        terms = _vae_loss(model, images, config.kl_weight, perceptual)
+        terms = vae_loss(model, images, kl_weight=config.kl_weight, perceptual=perceptual)
         return terms["loss"], {k: float(v) for k, v in terms.items() if k != "loss"}
 
     trainer = Trainer(
@@ -133,9 +124,3 @@ def run_encoder_stage(config: EncoderStageConfig, progress: bool = True) -> Path
     section["steps"] = trainer.state.step
     write_component(config.bundle, "encoder", section, trained.state_dict())
     return config.bundle
-
-
-def _vae_loss(model, images, kl_weight, perceptual):
-    from train.encoders import vae_loss
-
-    return vae_loss(model, images, kl_weight=kl_weight, perceptual=perceptual)

@@ -156,6 +156,13 @@ def load_weights(
         raise CorruptFileError(path, f"cannot read safetensors ({error})") from None
 
 
+def json_ready(value: Any) -> Any:
+    """Tuples, Paths and numpy scalars turned into JSON types (configs written to a bundle)."""
+    return json.loads(
+        json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v))
+    )
+
+
 def latent_space_hashes(config: dict[str, Any]) -> list[str]:
     """SHA-256 of the encoder and adapter weight files (what defines the latent space)."""
     return [
