@@ -87,6 +87,14 @@ def test_encode_decode_round_trip(wm, starts):
     assert np.array_equal(wm.reset(starts, seed=0), decoded)
 
 
+def test_chunked_decoding_equals_one_call(wm, starts, monkeypatch):
+    latents = wm.encode(starts)  # 3 frames
+    monkeypatch.setattr(wm, "decode_chunk", None)
+    whole = wm.decode(latents)
+    monkeypatch.setattr(wm, "decode_chunk", 2)  # chunks of 2 + 1
+    assert np.abs(wm.decode(latents).astype(int) - whole.astype(int)).max() <= 1
+
+
 def test_short_and_long_histories(wm, starts, blob_render):
     single, _ = rollout(wm, starts, steps=2, seed=3)
     one_frame, _ = rollout(wm, starts[:, None], steps=2, seed=3)  # (B, 1, H, W, 3)

