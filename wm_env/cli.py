@@ -8,6 +8,7 @@ Examples::
     wmgym data info data/lift
     wmgym train encoder --bundle models/default --data.dataset data/sim64 --optim.steps 3000
     wmgym train dynamics --bundle models/default --data.dataset data/sim64 --preset tiny
+    wmgym bench leaderboard --suite benchmarks/suites/default.yaml --out outputs/leaderboard
 """
 
 from __future__ import annotations
@@ -123,6 +124,41 @@ def _eval_dynamics(args: list[str], prog: str) -> None:
     print(f"written to {config.out}")
 
 
+@command(
+    "eval", "controllability", "recover actions between held-out frame pairs by CEM (per-dim error)"
+)
+def _eval_controllability(args: list[str], prog: str) -> None:
+    import tyro
+
+    from policies.controllability import ControllabilityConfig, evaluate_controllability
+
+    config = tyro.cli(ControllabilityConfig, args=args, prog=prog)
+    evaluate_controllability(config)
+    print((config.out / "controllability.md").read_text())
+    print(f"written to {config.out}")
+
+
+@command("bench", "leaderboard", "run a suite of policies x tasks x conditions into a CSV leaderboard")
+def _bench_leaderboard(args: list[str], prog: str) -> None:
+    import tyro
+
+    from benchmarks.bench import LeaderboardConfig, run_leaderboard
+
+    paths = run_leaderboard(tyro.cli(LeaderboardConfig, args=args, prog=prog))
+    print((paths["leaderboard"]).read_text())
+    for name, path in paths.items():
+        print(f"{name:>12}: {path}")
+
+
+@command("serve", "", "serve a policy over OpenVLA's REST (POST /act) or openpi's websocket protocol")
+def _serve(args: list[str], prog: str) -> None:
+    import tyro
+
+    from policies.serve import ServeConfig, serve
+
+    serve(tyro.cli(ServeConfig, args=args, prog=prog))
+
+
 def _usage() -> str:
     lines = [
         "usage: wmgym <group> <command> [options]   (wmgym <group> <command> --help)",
@@ -139,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from wm_env.errors import UnknownNameError, unknown_name_message
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and (argv[0], "") in COMMANDS:  # one-word commands: wmgym serve ...
+        argv.insert(1, "")
     if len(argv) < 2 or argv[0] in ("-h", "--help"):
         print(_usage())
         raise SystemExit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
@@ -148,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(unknown_name_message("command", f"{argv[0]} {argv[1]}", valid), file=sys.stderr)
         raise SystemExit(2)
     _, run = COMMANDS[key]
-    prog = f"wmgym {argv[0]} {argv[1]}"
+    prog = f"wmgym {argv[0]} {argv[1]}".rstrip()
     try:
         run(argv[2:], prog=prog)
     except UnknownNameError as exc:  # a mistyped name in an option (e.g. --family lfit)

@@ -1,0 +1,100 @@
+"""``wmgym bench leaderboard``: run a suite, aggregate the CSV leaderboards, write the report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.episode_log import EpisodeLog
+from benchmarks.leaderboard import write_leaderboards
+from benchmarks.report import write_report
+from benchmarks.runner import LOG_NAME, RUN_NAME, RunOptions, run_suite
+from benchmarks.suite import Suite, load_suite
+
+DEFAULT_SUITE = Path(__file__).parent / "suites" / "default.yaml"
+
+
+@dataclass
+class LeaderboardConfig:
+    """Run a benchmark suite and write ``leaderboard.csv``, ``leaderboard_long.csv`` and a report.
+
+    Re-running the same command resumes: only episodes missing from ``<out>/episodes.jsonl``
+    are run.
+
+    Examples::
+
+        wmgym bench leaderboard                                   # the default suite
+        wmgym bench leaderboard --suite my_suite.yaml --out runs/lb --workers 2
+        wmgym bench leaderboard --suite my_suite.toml --ray-address auto
+        wmgym bench leaderboard --world sim --out runs/lb_sim     # the same suite in the sim
+    """
+
+    suite: Path = DEFAULT_SUITE
+    """the suite file (YAML or TOML)."""
+    out: Path = Path("outputs/leaderboard")
+    """the run directory: episodes.jsonl, CSVs, report, sampled videos."""
+    world: str | None = None
+    """override the suite's world: ``sim`` or ``world_model``."""
+    bundle: Path | None = None
+    """override the world-model bundle."""
+    num_envs: int | None = None
+    """override the world model's batch (episodes per model call)."""
+    seeds: tuple[int, ...] | None = None
+    """override the suite's start seeds."""
+    workers: int = 1
+    """local worker processes (1: in this process)."""
+    ray_address: str | None = None
+    """run chunks as Ray tasks: ``local`` (start Ray here), ``auto`` or a cluster address."""
+    retry_errors: bool = False
+    """re-run episodes whose row records an error (a server that was down)."""
+    threads: int = 1
+    """torch threads per process (one is fastest on small CPUs)."""
+
+
+def configured_suite(config: LeaderboardConfig) -> Suite:
+    """The suite file with the command line's overrides applied."""
+    suite = load_suite(config.suite, {"seeds": list(config.seeds)} if config.seeds else None)
+    world = suite.world.__dict__.copy()
+    if config.world is not None:
+        world["type"] = config.world
+    if config.bundle is not None:
+        world["bundle"] = str(config.bundle)
+    if config.num_envs is not None:
+        world["num_envs"] = config.num_envs
+    from benchmarks.suite import WorldSpec
+
+    return suite.with_world(WorldSpec(**world))
+
+
+def editors_of(suite: Suite) -> str:
+    """Editor ids and prompts of the suite's distractor conditions (provenance)."""
+    parts = []
+    for condition in suite.conditions:
+        if condition.type == "distractors":
+            prompt = f" '{condition.prompt}'" if condition.prompt else ""
+            parts.append(f"{condition.name}={condition.editor}x{condition.count}{prompt}")
+    return "; ".join(parts)
+
+
+def run_leaderboard(config: LeaderboardConfig) -> dict[str, Path]:
+    """Run (or resume) the suite, then aggregate and report. Returns the written paths."""
+    suite = configured_suite(config)
+    options = RunOptions(
+        workers=config.workers,
+        ray_address=config.ray_address,
+        retry_errors=config.retry_errors,
+        threads=config.threads,
+    )
+    log: EpisodeLog = run_suite(suite, config.out, options)
+    provenance = json.loads((config.out / RUN_NAME).read_text())
+    provenance.pop("suite_config", None)
+    main, long = write_leaderboards(log.rows, config.out, provenance, editors_of(suite))
+    report = write_report(config.out, main, long, log.rows, provenance)
+    return {
+        "episodes": config.out / LOG_NAME,
+        "leaderboard": config.out / "leaderboard.csv",
+        "long": config.out / "leaderboard_long.csv",
+        "report": report,
+        "html": config.out / "report.html",
+    }

@@ -1,0 +1,234 @@
+"""Suites, the resumable episode log, the CSV leaderboards and the report (no world needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks.episode_log import EpisodeLog
+from benchmarks.leaderboard import (
+    load_rows,
+    long_table,
+    paired_drop,
+    policy_table,
+    write_leaderboards,
+)
+from benchmarks.suite import EpisodeKey, load_suite, suite_from_dict
+from wm_env.errors import UnknownNameError
+
+SUITE = {
+    "name": "t",
+    "world": {"type": "world_model", "bundle": "models/default", "num_envs": 4},
+    "tasks": ["lift", "push"],
+    "seeds": [0, 1, 2],
+    "policies": [{"name": "a", "spec": "random"}, {"name": "b", "spec": "zero"}],
+    "conditions": [
+        {"name": "clean"},
+        {"name": "distract", "type": "distractors", "count": 2},
+        {"name": "para", "type": "instruction", "mode": "paraphrase"},
+    ],
+    "judge": {"spec": "probe", "path": "models/probe"},
+}
+
+
+def row(policy, task, condition, seed, index, success, error=None):
+    return {
+        "policy": policy, "task": task, "condition": condition, "seed": seed, "index": index,
+        "start_id": f"{task}-{seed}", "instruction": "lift the red cube", "success": success,
+        "score": float(bool(success)), "judge": "probe", "steps": 40, "seconds": 1.0,
+        "ms_per_step": 25.0, "error": error,
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------ suites
+def test_suite_round_trip_yaml_and_toml(tmp_path):
+    import yaml
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(SUITE))
+    suite = load_suite(tmp_path / "s.yaml")
+    assert suite.episodes_per_cell == 3
+    keys = suite.episode_keys()
+    assert len(keys) == 2 * 2 * 3 * 3 and len(set(keys)) == len(keys)
+    assert suite.condition("distract").editor_id == "paste"
+    toml = tmp_path / "s.toml"
+    toml.write_text(
+        'name = "t"\ntasks = ["lift"]\nseeds = [4]\n[world]\ntype = "sim"\n'
+        '[[policies]]\nname = "r"\nspec = "random"\n'
+    )
+    other = load_suite(toml)
+    assert other.world.type == "sim" and other.episode_keys() == [
+        EpisodeKey("r", "lift", "clean", 4, 0)
+    ]
+    # a suite's identity follows its content; overrides change it
+    assert suite.hash() == load_suite(tmp_path / "s.yaml").hash()
+    assert load_suite(tmp_path / "s.yaml", {"seeds": [0]}).hash() != suite.hash()
+    assert suite_from_dict(suite.to_dict()).hash() == suite.hash()  # workers rebuild it exactly
+
+
+def test_episodes_beyond_the_seeds_cycle_with_new_indices():
+    suite = suite_from_dict({**SUITE, "episodes": 5, "conditions": [{"name": "clean"}]})
+    keys = [k for k in suite.episode_keys() if k.policy == "a" and k.task == "lift"]
+    assert [(k.seed, k.index) for k in keys] == [(0, 0), (1, 1), (2, 2), (0, 3), (1, 4)]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"tasks": ["lfit"]}, "lift"),  # did you mean
+        ({"world": {"type": "simulator"}}, "sim"),
+        ({"conditions": [{"name": "x", "type": "distractor"}]}, "distractors"),
+        ({"policies": [{"name": "a", "spec": "random"}, {"name": "a", "spec": "zero"}]}, "unique"),
+        ({"seeds": []}, "at least one"),
+        ({"episode_length": 0}, "episode_length"),
+        ({"conditions": [{"name": "d", "type": "distractors", "count": 0}]}, "count"),
+        ({"policies": [{"name": "a", "spec": "random", "weights": 1}]}, "weights"),
+        ({"judgee": {}}, "judge"),
+    ],
+)
+def test_bad_suites_are_refused_with_a_clear_message(change, message):
+    with pytest.raises((ValueError, UnknownNameError)) as error:
+        suite_from_dict({**SUITE, **change})
+    assert message in str(error.value)
+
+
+def test_suite_files_that_do_not_parse(tmp_path):
+    (tmp_path / "s.yaml").write_text("tasks: [lift\n")
+    with pytest.raises(ValueError, match="not valid yaml"):
+        load_suite(tmp_path / "s.yaml")
+    (tmp_path / "s.json").write_text("{}")
+    with pytest.raises(ValueError, match=".yaml, .yml or .toml"):
+        load_suite(tmp_path / "s.json")
+    with pytest.raises(FileNotFoundError):
+        load_suite(tmp_path / "missing.yaml")
+
+
+# ------------------------------------------------------------------ the log
+def test_log_resumes_drops_a_torn_line_and_never_duplicates(tmp_path):
+    path = tmp_path / "episodes.jsonl"
+    log = EpisodeLog(path)
+    keys = [EpisodeKey("a", "lift", "clean", s, s) for s in range(3)]
+    log.append(row("a", "lift", "clean", 0, 0, True))
+    log.append(row("a", "lift", "clean", 1, 1, False))
+    with open(path, "ab") as file:  # a kill -9 in the middle of writing the third row
+        file.write(json.dumps(row("a", "lift", "clean", 2, 2, True)).encode()[:40])
+    with pytest.warns(UserWarning, match="partially written"):
+        resumed = EpisodeLog(path)
+    assert len(resumed) == 2
+    assert resumed.missing(keys) == [keys[2]]
+    resumed.append(row("a", "lift", "clean", 2, 2, True))
+    again = EpisodeLog(path)
+    assert len(again) == 3 and again.missing(keys) == []
+    assert len(path.read_text().splitlines()) == 3  # the torn bytes are gone
+    with pytest.raises(ValueError, match="twice"):
+        again._remember(row("a", "lift", "clean", 2, 2, True))
+
+
+def test_log_errors_are_kept_and_retried_only_when_asked(tmp_path):
+    log = EpisodeLog(tmp_path / "e.jsonl")
+    key = EpisodeKey("a", "lift", "clean", 0, 0)
+    log.append(row("a", "lift", "clean", 0, 0, None, error="PolicyServerError: down"))
+    assert log.missing([key]) == []
+    assert log.missing([key], retry_errors=True) == [key]
+    log.append(row("a", "lift", "clean", 0, 0, True))  # the retry replaces the error row
+    reread = EpisodeLog(tmp_path / "e.jsonl")
+    assert len(reread) == 1 and reread.rows[0]["success"] is True
+
+
+def test_log_refuses_corruption_in_the_middle(tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_text(json.dumps(row("a", "lift", "clean", 0, 0, True)) + "\n{oops\n")
+    with pytest.raises(ValueError, match="line 2"):
+        EpisodeLog(path)
+    with pytest.raises(ValueError, match="unknown row fields"):
+        EpisodeLog(tmp_path / "f.jsonl").append({**row("a", "lift", "clean", 0, 0, True), "x": 1})
+
+
+# ------------------------------------------------------------------ aggregation
+def fake_rows():
+    rows = []
+    for index, seed in enumerate(range(10)):
+        for task in ("lift", "push"):
+            rows.append(row("good", task, "clean", seed, index, True))
+            rows.append(row("good", task, "distract", seed, index, seed % 2 == 0))
+            rows.append(row("bad", task, "clean", seed, index, seed < 2))
+            rows.append(row("bad", task, "distract", seed, index, seed < 2))
+    rows.append(row("bad", "lift", "clean", 10, 10, None, error="server down"))
+    rows.append(row("bad", "lift", "clean", 11, 11, None))  # judge abstained
+    return rows
+
+
+def test_policy_table_ranks_counts_and_intervals():
+    table = policy_table(load_rows(fake_rows()))
+    assert list(table["policy"]) == ["good", "bad"] and list(table["rank"]) == [1, 2]
+    good, bad = table.iloc[0], table.iloc[1]
+    assert good["episodes"] == 20 and good["success"] == 1.0
+    assert bad["episodes"] == 20 and bad["success"] == pytest.approx(4 / 20)
+    assert bad["errors"] == 1 and bad["abstained"] == 1  # neither counted as a failure
+    assert 0 < bad["success_lo"] < 0.2 < bad["success_hi"] < 0.5
+    assert good["drop"] == pytest.approx(0.5) and good["drop_lo"] < 0.5 < good["drop_hi"]
+    assert bad["drop"] == pytest.approx(0.0) and bad["drop_lo"] == bad["drop_hi"] == 0.0
+
+
+def test_long_table_has_pooled_rows_and_drops_per_task():
+    table = long_table(load_rows(fake_rows()))
+    pooled = table[(table["task"] == "all") & (table["policy"] == "good")].set_index("condition")
+    assert pooled.loc["clean", "episodes"] == 20 and pooled.loc["distract", "success"] == 0.5
+    assert np.isnan(pooled.loc["clean", "drop"]) and pooled.loc["distract", "drop"] == 0.5
+    per_task = table[(table["task"] == "lift") & (table["policy"] == "good")]
+    assert set(per_task["condition"]) == {"clean", "distract"}
+
+
+def test_paired_drop_pairs_on_the_start():
+    clean = load_rows([row("p", "lift", "clean", s, s, s < 5) for s in range(10)])
+    # perturbed fails exactly where clean succeeded: a paired drop of 0.5 with no variance
+    # from start difficulty
+    perturbed = load_rows([row("p", "lift", "d", s, s, False) for s in range(10)])
+    drop, lo, hi = paired_drop(clean, perturbed, np.random.default_rng(0))
+    assert drop == pytest.approx(0.5) and 0.1 < lo < 0.5 < hi < 0.9
+
+
+def test_written_csvs_have_the_documented_columns_and_provenance(tmp_path):
+    from benchmarks.leaderboard import COLUMNS
+
+    provenance = {"bundle_sha256": "abc", "judge": "probe", "git_revision": "r1"}
+    main, long = write_leaderboards(fake_rows(), tmp_path, provenance, editors="d=pastex2")
+    reread = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert list(reread["policy"]) == ["good", "bad"]
+    for column in ("rank", "success", "success_lo", "success_hi", "drop", "drop_lo", "drop_hi",
+                   "episodes", "errors", "bundle_sha256", "judge", "editors", "git_revision"):  # fmt: skip
+        assert column in reread.columns
+    documented = set(COLUMNS) | set(provenance) | {"editors"}
+    assert set(reread.columns) <= documented
+    assert set(pd.read_csv(tmp_path / "leaderboard_long.csv").columns) <= documented
+    assert (reread["bundle_sha256"] == "abc").all()
+
+
+def test_report_has_table_plot_and_gif_grid(tmp_path):
+    from benchmarks.report import write_report
+    from benchmarks.runner import episode_file
+
+    rows = fake_rows()
+    frames = np.zeros((5, 16, 16, 3), dtype=np.uint8)
+    frames[np.arange(5), np.arange(5) * 3] = 200  # a bar moving down: 5 distinct frames
+    for r in rows:
+        if r["index"] == 0:
+            path = episode_file(
+                tmp_path, EpisodeKey(r["policy"], r["task"], r["condition"], r["seed"], 0)
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, frames=frames, actions=np.zeros((4, 7), np.float32))
+    main, long = write_leaderboards(rows, tmp_path, {"suite": "t", "judge": "probe"})
+    report = write_report(tmp_path, main, long, rows, {"suite": "t", "judge": "probe"})
+    text = report.read_text()
+    assert "| rank | policy |" in text and "success.png" in text and "grid_lift.gif" in text
+    assert (tmp_path / "success.png").stat().st_size > 1000
+    import imageio.v3 as iio
+
+    grid = iio.imread(tmp_path / "grid_lift.gif")
+    assert grid.shape[0] == 5  # every frame of the episodes
+    # 2 policies stacked (frames upscaled 2x + caption bar + pad), 2 conditions side by side
+    assert grid.shape[1:3] == (2 * (32 + 28 + 2), 2 * (32 + 2))
+    assert "<table" in (tmp_path / "report.html").read_text()
