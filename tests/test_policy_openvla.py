@@ -291,7 +291,8 @@ def test_runner_warns_when_the_model_ignores_the_image(tmp_path):
     build_tiny_llava(tmp_path, image_blind=True)
     with pytest.warns(UserWarning, match="ignore the image"):
         policy = OpenVLAPolicy.from_pretrained(tmp_path, statistics=NORM_STATS, unnorm_key="sim64")
-    assert not policy.check_image_sensitivity()
+    with pytest.warns(UserWarning, match="ignore the image"):
+        assert not policy.check_image_sensitivity()
 
 
 def test_runner_options_and_bad_input(tiny_vla, tmp_path):

@@ -9,6 +9,7 @@ Examples::
     wmgym train encoder --bundle models/default --data.dataset data/sim64 --optim.steps 3000
     wmgym train dynamics --bundle models/default --data.dataset data/sim64 --preset tiny
     wmgym bench leaderboard --suite benchmarks/suites/default.yaml --out outputs/leaderboard
+    wmgym serve --policy random --port 8000   # OpenVLA's REST protocol: POST /act
 """
 
 from __future__ import annotations
