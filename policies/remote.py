@@ -171,7 +171,7 @@ class RestPolicyClient:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"REST policy url must start with http:// or https://; got {url!r}")
         _check_retry_settings(timeout, retries, backoff)
-        self.url = url.rstrip("/")
+        self.url = url.rstrip("/").removesuffix("/act")  # the server's address, not its endpoint
         self.unnorm_key, self.timeout, self.retries, self.backoff = (
             unnorm_key,
             timeout,

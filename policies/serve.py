@@ -295,6 +295,11 @@ class PolicyServer:
         """Stop listening and wait for the server thread."""
         self._backend.stop()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server thread ends or ``timeout`` passes; returns whether it still runs."""
+        self._backend.thread.join(timeout)
+        return self._backend.thread.is_alive()
+
     def __enter__(self) -> PolicyServer:
         return self.start()
 
@@ -348,8 +353,8 @@ def serve(config: ServeConfig) -> None:
     endpoint = "POST /act" if config.protocol == "rest" else "openpi websocket"
     print(f"serving {policy.name} on {server.url} ({endpoint}); Ctrl-C to stop", flush=True)
     try:
-        while server._backend.thread.is_alive():
-            server._backend.thread.join(timeout=0.5)
+        while server.wait(timeout=0.5):  # short waits keep Ctrl-C responsive
+            pass
     except KeyboardInterrupt:
         pass
     finally:

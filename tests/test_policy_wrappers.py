@@ -294,5 +294,6 @@ def test_load_policy_makes_remote_clients_from_urls():
 
     client = load_policy("http://127.0.0.1:9/", timeout=1.0)  # no connection until act()
     assert isinstance(client, RestPolicyClient) and client.url == "http://127.0.0.1:9"
+    assert load_policy("http://127.0.0.1:9/act").url == "http://127.0.0.1:9"  # endpoint given
     with pytest.raises(PolicyServerError, match="ws://127.0.0.1:9"):  # connects (and fails) now
         load_policy("ws://127.0.0.1:9", retries=0, timeout=1.0)
