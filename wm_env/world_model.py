@@ -147,6 +147,36 @@ class WorldModelState:
             self.steps,
         )
 
+    def select(self, indices) -> WorldModelState:
+        """A state holding episodes ``indices`` of this one, in that order (repeats allowed).
+
+        ``state.select([0] * n)`` replicates episode 0 ``n`` times, e.g. so that a planner rolls
+        ``n`` candidate action sequences forward from one start in a single batch; the copies
+        share the episode's noise generator state, so they draw the same noise.
+        """
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64)).reshape(-1)
+        batch = self.context.shape[0]
+        if len(index) == 0 or int(index.min()) < 0 or int(index.max()) >= batch:
+            raise ValueError(f"indices must be non-empty and in [0, {batch}); got {indices}")
+        cache = None
+        if self.cache is not None:
+            cache = self.cache.clone()
+            if cache.keys:
+                spatial = cache.keys[0].shape[0] // cache.batch_size  # rows are b * spatial + s
+                rows = (index[:, None] * spatial + torch.arange(spatial)).reshape(-1)
+                rows = rows.to(cache.keys[0].device)
+                cache.keys = [k.index_select(0, rows) for k in cache.keys]
+                cache.values = [v.index_select(0, rows) for v in cache.values]
+            cache.batch_size = len(index)
+        device_index = index.to(self.context.device)
+        return WorldModelState(
+            cache,
+            self.context.index_select(0, device_index),
+            self.context_actions.index_select(0, device_index),
+            [self.generator_states[i].clone() for i in index.tolist()],
+            self.steps,
+        )
+
 
 class WorldModel:
     """A trained world model, batched over episodes.
@@ -398,13 +428,15 @@ class WorldModel:
         )
 
     @torch.no_grad()
-    def step(self, actions) -> np.ndarray:
+    def step(self, actions, decode: bool = True) -> np.ndarray | None:
         """Advance every episode by one env step.
 
         Args:
             actions: float ``(B, 7)`` (or ``(B, frame_skip, 7)``) env actions.
+            decode: decode the new frames to pixels; planners that only read
+                :attr:`latest_latents` pass False and skip the decoder.
         Returns:
-            uint8 ``(B, H, W, 3)`` predicted frames.
+            uint8 ``(B, H, W, 3)`` predicted frames (None when ``decode`` is False).
         """
         state = self._require_state()
         actions = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
@@ -431,7 +463,7 @@ class WorldModel:
         state.context = torch.cat([state.context[:, 1:], new[:, None]], dim=1)
         state.context_actions = torch.cat([state.context_actions[:, 1:], condition], dim=1)
         state.steps += 1
-        frames = self.decode(new)
+        frames = self.decode(new) if decode else None
         self.last_step_seconds = time.perf_counter() - start
         return frames
 
