@@ -382,9 +382,11 @@ class CEMPolicy:
 
     Args:
         model: a :class:`~wm_env.world_model.WorldModel` (its weights are shared, its state is
-            not) or a bundle directory (loaded with ``model_options``).
+            not) or a bundle directory (loaded with ``model_options``; default
+            ``models/default``).
         goal: uint8 ``(H, W, 3)`` goal image; or :meth:`set_goal`, or ``obs["goal_image"]``.
-        config: CEM settings (samples, elites, iterations, horizon, bounds, cost, ...).
+        config: CEM settings (samples, elites, iterations, horizon, bounds, cost, ...), or a
+            dict of them (as a suite file gives).
         replan_every: actions executed per plan (``1..horizon``).
         chunk: return each plan's actions as one chunk instead of one per call.
         seed: seeds the sampling and the model noise (the policy is deterministic per seed).
@@ -396,9 +398,9 @@ class CEMPolicy:
 
     def __init__(
         self,
-        model: WorldModel | str | os.PathLike,
+        model: WorldModel | str | os.PathLike = "models/default",
         goal: np.ndarray | None = None,
-        config: CEMConfig | None = None,
+        config: CEMConfig | dict[str, Any] | None = None,
         replan_every: int = 1,
         chunk: bool = False,
         seed: int = 0,
@@ -408,6 +410,10 @@ class CEMPolicy:
     ) -> None:
         from wm_env.world_model import WorldModel
 
+        if isinstance(config, dict):  # from a suite file
+            config = CEMConfig(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+            )
         self.config = config or CEMConfig()
         if not 1 <= replan_every <= self.config.horizon:
             raise ValueError(

@@ -1,6 +1,7 @@
 """``load_policy(spec)``: one string names any policy (built-in, remote, or a checkpoint).
 
-- ``"random"``, ``"zero"``: the baselines of :mod:`policies.simple`;
+- ``"random"``, ``"zero"``: the baselines of :mod:`policies.simple`; ``"cem"``: the MPC
+  planner of :mod:`policies.cem` (world model ``models/default`` unless ``model=`` is given);
 - ``"http://..."`` / ``"https://..."``: :class:`policies.remote.RestPolicyClient` (OpenVLA REST);
 - ``"ws://..."`` / ``"wss://..."``: :class:`policies.remote.WebsocketPolicyClient` (openpi);
 - a directory: its ``config.json`` names the policy ``"type"``, looked up in
@@ -29,6 +30,7 @@ POLICY_TYPES: dict[str, str] = {
 BUILTIN_POLICIES: dict[str, str] = {
     "random": "policies.simple:RandomPolicy",
     "zero": "policies.simple:ZeroPolicy",
+    "cem": "policies.cem:CEMPolicy",  # options: model (bundle dir), goal, config, replan_every
 }
 
 

@@ -361,6 +361,23 @@ def test_policy_bad_input(wm, blob_render):
         policy.set_goal(image[..., 0])
 
 
+def test_registry_builds_the_cem_policy(tiny_bundle, blob_render):
+    from policies.registry import load_policy
+
+    policy = load_policy(
+        "cem",
+        model=str(tiny_bundle),
+        config={"samples": 8, "elites": 2, "iterations": 1, "horizon": 2, "bounds": [-0.5, 0.5]},
+        temperature=0.0,
+    )
+    assert isinstance(policy, CEMPolicy) and policy.config.bounds == (-0.5, 0.5)
+    assert policy.model.temperature == 0.0
+    policy.reset("move the blob")
+    image = blob_render((16.0, 16.0))
+    action = policy.act({**obs_of(image), "goal_image": blob_render((20.0, 16.0))})
+    assert action.shape == (7,) and np.abs(action).max() <= 0.5
+
+
 def test_goals_from_dataset_episodes(blob_dataset):
     from wm_env.dataset.lerobot import LeRobotDataset
     from wm_env.envs.starts import StartSet
