@@ -232,3 +232,44 @@ def test_report_has_table_plot_and_gif_grid(tmp_path):
     # 2 policies stacked (frames upscaled 2x + caption bar + pad), 2 conditions side by side
     assert grid.shape[1:3] == (2 * (32 + 28 + 2), 2 * (32 + 2))
     assert "<table" in (tmp_path / "report.html").read_text()
+
+
+# ------------------------------------------------------------------ agreement
+def test_mmrv_and_correlations():
+    from benchmarks.agreement import correlations, mmrv
+
+    true = np.array([0.9, 0.5, 0.1])
+    assert mmrv(true, true * 0.5) == 0.0  # same order, different scale: no violation
+    # the prediction swaps the two best: each of them is violated by a 0.4 gap
+    assert mmrv(true, np.array([0.4, 0.6, 0.0])) == pytest.approx((0.4 + 0.4 + 0) / 3)
+    stats = correlations(true, np.array([0.8, 0.6, 0.2]))
+    assert stats["spearman"] == pytest.approx(1.0) and 0.9 < stats["pearson"] <= 1.0
+    assert np.isnan(correlations(true, np.ones(3))["pearson"])  # constant: undefined, not 0
+
+
+def test_compare_worlds_per_policy_and_bootstrap():
+    from benchmarks.agreement import compare, replay_summary
+
+    sim, wm = [], []
+    for seed in range(8):
+        for policy, p_sim, p_wm in (("hi", 0.9, 0.8), ("mid", 0.5, 0.6), ("lo", 0.1, 0.3)):
+            win = (seed + 0.5) / 8 < p_sim
+            sim.append(row(policy, "lift", "clean", seed, seed, win))
+            wm.append(row(policy, "lift", "clean", seed, seed, (seed + 0.5) / 8 < p_wm))
+            sim.append(row(policy, "lift", "distract", seed, seed, win and seed % 2 == 0))
+            wm.append(row(policy, "lift", "distract", seed, seed, win))
+    table, summary = compare(sim, wm)
+    table = table.set_index("policy")
+    assert table.loc["hi", "sim_success"] == pytest.approx(7 / 8)
+    assert table.loc["lo", "wm_success"] == pytest.approx(2 / 8)
+    spearman = summary[(summary["quantity"] == "success") & (summary["metric"] == "spearman")]
+    assert spearman["value"].item() == pytest.approx(1.0)
+    assert spearman["lo"].item() <= 1.0
+    assert set(summary["quantity"]) == {"success", "drop"}
+    replays = pd.DataFrame({
+        "sim_success": [False, False, False, True, True],
+        "wm_success": [True, False, None, True, False],
+    })  # fmt: skip
+    stats = replay_summary(replays)
+    assert stats["hallucinated_success"]["rate"] == 0.5  # 1 of 2 judged (one abstained)
+    assert stats["missed_success"]["rate"] == 0.5

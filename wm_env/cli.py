@@ -10,6 +10,8 @@ Examples::
     wmgym train dynamics --bundle models/default --data.dataset data/sim64 --preset tiny
     wmgym bench leaderboard --suite benchmarks/suites/default.yaml --out outputs/leaderboard
     wmgym serve --policy random --port 8000   # OpenVLA's REST protocol: POST /act
+    wmgym train probe --bundle models/default --out models/probe --data.dataset data/sim64
+    wmgym judge calibrate --judge models/probe --bundle models/default --data.dataset data/sim64
 """
 
 from __future__ import annotations
@@ -111,6 +113,45 @@ def _train_decoder(args: list[str], prog: str) -> None:
     )
 
 
+@command("train", "policy", "behaviour-clone the small VLA (discrete action bins, chunks)")
+def _train_policy(args: list[str], prog: str) -> None:
+    import tyro
+
+    from train.stage_policy import PolicyStageConfig, run_policy_stage
+
+    print(
+        f"policy written to {run_policy_stage(tyro.cli(PolicyStageConfig, args=args, prog=prog))}"
+    )
+
+
+@command("train", "probe", "train the success probe (judge) on a bundle's encoder latents")
+def _train_probe(args: list[str], prog: str) -> None:
+    import tyro
+
+    from train.stage_probe import ProbeStageConfig, run_probe_stage
+
+    print(f"probe written to {run_probe_stage(tyro.cli(ProbeStageConfig, args=args, prog=prog))}")
+
+
+@command(
+    "judge", "calibrate", "judges' accuracy/TPR/FPR on held-out episodes and world-model replays"
+)
+def _judge_calibrate(args: list[str], prog: str) -> None:
+    import tyro
+
+    from judges.calibrate import CalibrateConfig, build_judges, calibrate, markdown_table
+
+    try:
+        config = tyro.cli(CalibrateConfig, args=args, prog=prog)
+        judges = build_judges(config)
+    except ValueError as error:  # no judge given, a path that is no judge, a URL without model
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    results = calibrate(config, judges)
+    print(markdown_table(results["summary"]))
+    print(f"written to {config.out}")
+
+
 @command(
     "eval", "dynamics", "world model vs copy-last-frame on held-out episodes (PSNR, SSIM, actions)"
 )
@@ -139,7 +180,9 @@ def _eval_controllability(args: list[str], prog: str) -> None:
     print(f"written to {config.out}")
 
 
-@command("bench", "leaderboard", "run a suite of policies x tasks x conditions into a CSV leaderboard")
+@command(
+    "bench", "leaderboard", "run a suite of policies x tasks x conditions into a CSV leaderboard"
+)
 def _bench_leaderboard(args: list[str], prog: str) -> None:
     import tyro
 
@@ -151,13 +194,30 @@ def _bench_leaderboard(args: list[str], prog: str) -> None:
         print(f"{name:>12}: {path}")
 
 
-@command("serve", "", "serve a policy over OpenVLA's REST (POST /act) or openpi's websocket protocol")
+@command(
+    "serve", "", "serve a policy over OpenVLA's REST (POST /act) or openpi's websocket protocol"
+)
 def _serve(args: list[str], prog: str) -> None:
     import tyro
 
     from policies.serve import ServeConfig, serve
 
     serve(tyro.cli(ServeConfig, args=args, prog=prog))
+
+
+@command(
+    "bench", "agreement", "the same suite in the sim and the world model: do the rankings agree?"
+)
+def _bench_agreement(args: list[str], prog: str) -> None:
+    import tyro
+
+    from benchmarks.agreement import AgreementConfig, run_agreement
+
+    paths = run_agreement(tyro.cli(AgreementConfig, args=args, prog=prog))
+    print(paths["per_policy"].read_text())
+    print(paths["summary"].read_text())
+    for name, path in paths.items():
+        print(f"{name:>12}: {path}")
 
 
 def _usage() -> str:

@@ -1,0 +1,307 @@
+"""``wmgym bench agreement``: does the world-model leaderboard rank policies like the truth?
+
+Runs one suite twice, in the ground-truth sim (oracle judge, real distractor objects) and in
+the world model (the suite's judge, edited distractors), then reports per policy both success
+rates and, across policies, Pearson, Spearman and MMRV (SIMPLER's mean maximum rank
+violation) with bootstrap intervals, for clean success and for robustness drop. It also replays
+the sim's clean episodes open-loop in the world model (same start, same actions) and judges
+them: the share of sim failures judged successes is the judge's hallucinated-success rate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.leaderboard import CLEAN, load_rows
+from benchmarks.metrics import wilson_interval
+from benchmarks.runner import RunOptions, episode_file, run_suite
+from benchmarks.suite import EpisodeKey, Suite, WorldSpec
+
+BOOTSTRAP_SAMPLES = 1000
+
+
+def mmrv(true: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean maximum rank violation (SIMPLER): for each policy, the largest true-success gap to a
+    policy the prediction orders the other way; averaged over policies. 0 = same ranking."""
+    true, predicted = np.asarray(true, float), np.asarray(predicted, float)
+    n = len(true)
+    if n < 2:
+        return float("nan")
+    gaps = np.abs(true[:, None] - true[None, :])
+    flipped = (predicted[:, None] < predicted[None, :]) != (true[:, None] < true[None, :])
+    return float((gaps * flipped).max(axis=1).mean())
+
+
+def correlations(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Pearson, Spearman and MMRV between per-policy true and predicted values."""
+    from scipy import stats
+
+    true, predicted = np.asarray(true, float), np.asarray(predicted, float)
+    constant = np.ptp(true) == 0 or np.ptp(predicted) == 0
+    return {
+        "pearson": float("nan") if constant else float(stats.pearsonr(true, predicted)[0]),
+        "spearman": float("nan") if constant else float(stats.spearmanr(true, predicted)[0]),
+        "mmrv": mmrv(true, predicted),
+    }
+
+
+def start_matrices(
+    frame: pd.DataFrame, policies: list[str], starts: list[tuple]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per policy and start (task, seed, index): clean win and mean perturbed win.
+
+    Returns two float arrays ``(P, S)``, NaN where the episode is missing or has no verdict.
+    """
+    ok = frame[frame["ok"]]
+    column = {start: j for j, start in enumerate(starts)}
+    row = {policy: i for i, policy in enumerate(policies)}
+    clean = np.full((len(policies), len(starts)), np.nan)
+    perturbed_sum = np.zeros_like(clean)
+    perturbed_count = np.zeros_like(clean)
+    for record in ok.itertuples(index=False):
+        j = column.get((record.task, record.seed, record.index))
+        i = row.get(record.policy)
+        if i is None or j is None:
+            continue
+        if record.condition == CLEAN:
+            clean[i, j] = float(record.win)
+        else:
+            perturbed_sum[i, j] += float(record.win)
+            perturbed_count[i, j] += 1
+    with np.errstate(invalid="ignore"):
+        perturbed = perturbed_sum / perturbed_count  # NaN where no perturbed episode
+    return clean, perturbed
+
+
+def weighted_rates(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mean of ``values (P, S)`` over starts with ``weights (B, S)`` ignoring NaN -> ``(B, P)``."""
+    present = ~np.isnan(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (weights @ np.where(present, values, 0.0).T) / (weights @ present.T)
+
+
+def compare(sim_rows, wm_rows, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-policy table, summary table of correlations with bootstrap 95% intervals).
+
+    The bootstrap resamples the shared starts (task, seed, index) with replacement and
+    recomputes every policy's success and drop in both worlds from the same resample.
+    """
+    sim, wm = load_rows(sim_rows), load_rows(wm_rows)
+    policies = sorted(set(sim["policy"]) & set(wm["policy"]))
+    table = []
+    for policy in policies:
+        entry: dict[str, Any] = {"policy": policy}
+        for world, frame in (("sim", sim), ("wm", wm)):
+            part = frame[(frame["policy"] == policy) & frame["ok"]]
+            clean = part[part["condition"] == CLEAN]
+            k, n = int(clean["win"].sum()), len(clean)
+            lo, hi = wilson_interval(k, n)
+            perturbed = part[part["condition"] != CLEAN]["win"]
+            entry.update({
+                f"{world}_success": k / n if n else np.nan, f"{world}_success_lo": lo,
+                f"{world}_success_hi": hi, f"{world}_episodes": n,
+                f"{world}_drop": (k / n - perturbed.mean()) if n and len(perturbed) else np.nan,
+            })  # fmt: skip
+        table.append(entry)
+    table = pd.DataFrame(table)
+    starts = sorted(
+        set(sim[["task", "seed", "index"]].itertuples(index=False, name=None))
+        & set(wm[["task", "seed", "index"]].itertuples(index=False, name=None))
+    )
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(starts), size=(BOOTSTRAP_SAMPLES, len(starts)))
+    weights = np.stack([np.bincount(d, minlength=len(starts)) for d in draws]).astype(float)
+    matrices = {
+        world: start_matrices(f, policies, starts) for world, f in (("sim", sim), ("wm", wm))
+    }
+    summary = []
+    for q, quantity in enumerate(("success", "drop")):
+        true = table[f"sim_{quantity}"].to_numpy(float)
+        predicted = table[f"wm_{quantity}"].to_numpy(float)
+        if np.isnan(true).any() or np.isnan(predicted).any():
+            continue
+        resampled = {}
+        for world, (clean, perturbed) in matrices.items():
+            rates = weighted_rates(clean, weights)  # (B, P)
+            resampled[world] = rates if q == 0 else rates - weighted_rates(perturbed, weights)
+        point = correlations(true, predicted)
+        values = {name: [] for name in point}
+        for a, b in zip(resampled["sim"], resampled["wm"], strict=True):
+            if np.isnan(a).any() or np.isnan(b).any():
+                continue
+            for name, value in correlations(a, b).items():
+                values[name].append(value)
+        for name, value in point.items():
+            kept = np.asarray([v for v in values[name] if not np.isnan(v)])
+            lo, hi = np.percentile(kept, [2.5, 97.5]) if len(kept) > 10 else (np.nan, np.nan)
+            summary.append(
+                {"quantity": quantity, "metric": name, "value": value, "lo": lo, "hi": hi}
+            )
+    return table, pd.DataFrame(summary)
+
+
+# ------------------------------------------------------------------ judge replays
+class ReplayPolicy:
+    """Replays a recorded action sequence whatever it observes (open loop)."""
+
+    def __init__(self, name: str, actions: np.ndarray) -> None:
+        self.name = name
+        self.actions = np.asarray(actions, dtype=np.float32)  # (T, 7)
+        self.t = 0
+
+    def reset(self, instruction: str) -> None:
+        self.t = 0
+
+    def act(self, obs: dict[str, Any]) -> np.ndarray:
+        action = self.actions[min(self.t, len(self.actions) - 1)]
+        self.t += 1
+        return action
+
+
+def judge_replays(suite: Suite, sim_dir: Path, sim_rows, out_dir: Path) -> pd.DataFrame:
+    """Replay every clean sim episode's actions in the world model from the same start, judge
+    the generated video, and return rows (policy, task, seed, index, sim_success, wm_success)."""
+    from benchmarks.runner import build_judge, judge_identity
+    from benchmarks.worlds import WorldModelWorld, render_starts
+
+    clean_suite = replace(suite, conditions=suite.conditions[:1])
+    starts = render_starts(suite.tasks, suite.seeds, suite.world.resolution, out_dir / "starts")
+    world = WorldModelWorld(clean_suite, starts)
+    judge = build_judge(suite)
+    judge_id, _ = judge_identity(suite, judge)
+    episodes = [
+        r
+        for r in sim_rows
+        if r["condition"] == CLEAN and r["error"] is None and r["success"] is not None
+    ]
+    results = []
+    for i in range(0, len(episodes), world.batch_size):
+        batch = episodes[i : i + world.batch_size]
+        keys = [EpisodeKey(r["policy"], r["task"], CLEAN, r["seed"], r["index"]) for r in batch]
+        policies = []
+        for key in keys:
+            with np.load(episode_file(sim_dir, key)) as data:
+                policies.append(ReplayPolicy(key.policy, data["actions"]))
+        for row, result in zip(batch, world.run(keys, policies), strict=True):
+            verdict = judge.judge(result.frames, result.instruction)
+            results.append({
+                "policy": row["policy"], "task": row["task"], "seed": row["seed"],
+                "index": row["index"], "sim_success": bool(row["success"]),
+                "wm_success": verdict.success, "wm_score": verdict.score, "judge": judge_id,
+            })  # fmt: skip
+    world.close()
+    return pd.DataFrame(results)
+
+
+def replay_summary(replays: pd.DataFrame) -> dict[str, Any]:
+    """Hallucinated success (sim failures judged successes) and missed success, with Wilson."""
+    summary: dict[str, Any] = {}
+    for name, truth, verdict in (
+        ("hallucinated_success", False, True),
+        ("missed_success", True, False),
+    ):
+        part = replays[(replays["sim_success"] == truth) & replays["wm_success"].notna()]
+        k, n = int((part["wm_success"] == verdict).sum()), len(part)
+        lo, hi = wilson_interval(k, n)
+        summary[name] = {"rate": k / n if n else float("nan"), "lo": lo, "hi": hi, "episodes": n}
+    return summary
+
+
+# ------------------------------------------------------------------ the command
+@dataclass
+class AgreementConfig:
+    """Run a suite in the sim and in the world model and compare the two leaderboards.
+
+    Examples::
+
+        wmgym bench agreement                                    # the default suite
+        wmgym bench agreement --suite my_suite.yaml --out runs/agreement --seeds 0 1 2 3 4 5
+    """
+
+    suite: Path = Path(__file__).parent / "suites" / "default.yaml"
+    """the suite file (its world is used for the world-model side)."""
+    out: Path = Path("outputs/agreement")
+    """run directory: sim/ and wm/ hold each world's resumable episode log."""
+    seeds: tuple[int, ...] | None = None
+    """override the suite's start seeds."""
+    bundle: Path | None = None
+    """override the world-model bundle."""
+    workers: int = 1
+    """local worker processes for the sim side."""
+    threads: int = 1
+    """torch threads per process."""
+
+
+def run_agreement(config: AgreementConfig) -> dict[str, Path]:
+    from benchmarks.bench import LeaderboardConfig, configured_suite
+
+    suite = configured_suite(
+        LeaderboardConfig(suite=config.suite, seeds=config.seeds, bundle=config.bundle)
+    )
+    if suite.world.type != "world_model":
+        suite = suite.with_world(replace(suite.world, type="world_model"))
+    sim_suite = suite.with_world(
+        WorldSpec(type="sim", bundle=None, resolution=suite.world.resolution)
+    )
+    out = Path(config.out)
+    sim_log = run_suite(
+        sim_suite, out / "sim", RunOptions(workers=config.workers, threads=config.threads)
+    )
+    wm_log = run_suite(suite, out / "wm", RunOptions(threads=config.threads))
+    table, summary = compare(sim_log.rows, wm_log.rows, seed=suite.seed)
+    replays_path = out / "replays.csv"
+    if replays_path.exists() and len(pd.read_csv(replays_path)) == sum(
+        1 for r in sim_log.rows if r["condition"] == CLEAN and r["error"] is None
+    ):
+        replays = pd.read_csv(replays_path)
+    else:
+        replays = judge_replays(suite, out / "sim", sim_log.rows, out)
+        replays.to_csv(replays_path, index=False)
+    replay_stats = replay_summary(replays)
+    table.to_csv(out / "agreement.csv", index=False, float_format="%.4f")
+    summary.to_csv(out / "agreement_summary.csv", index=False, float_format="%.4f")
+    (out / "agreement.json").write_text(
+        json.dumps({"summary": summary.to_dict("records"), "replays": replay_stats}, indent=1)
+    )
+    plot = scatter_plot(table, out / "agreement.png")
+    return {
+        "per_policy": out / "agreement.csv",
+        "summary": out / "agreement_summary.csv",
+        "replays": replays_path,
+        "json": out / "agreement.json",
+        "plot": plot,
+    }
+
+
+def scatter_plot(table: pd.DataFrame, path: Path) -> Path:
+    """World-model success vs sim success, one point per policy, with the diagonal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.2, 4.0))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    for _, row in table.iterrows():
+        x, y = row["sim_success"], row["wm_success"]
+        axis.errorbar(
+            x, y,
+            xerr=[[x - row["sim_success_lo"]], [row["sim_success_hi"] - x]],
+            yerr=[[y - row["wm_success_lo"]], [row["wm_success_hi"] - y]],
+            fmt="o", capsize=2,
+        )  # fmt: skip
+        axis.annotate(row["policy"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axis.set_xlim(-0.03, 1.03)
+    axis.set_ylim(-0.03, 1.03)
+    axis.set_xlabel("success in the sim (truth)")
+    axis.set_ylabel("success in the world model")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
