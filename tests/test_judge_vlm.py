@@ -183,6 +183,16 @@ def test_vlm_judge_gives_a_deterministic_score_in_0_1(vlm_judge):
     assert single.success == (single.score >= 0.5)
 
 
+def test_load_judge_detects_a_vlm_checkpoint(tiny_vlm):
+    from judges.registry import load_judge
+    from judges.vlm import VLMJudge
+
+    judge = load_judge(str(tiny_vlm), num_samples=1, prompt={"image_size": 28})
+    assert isinstance(judge, VLMJudge) and judge.config.prompt.image_size == 28
+    with pytest.raises(KeyError, match="did you mean 'num_samples'"):
+        load_judge("vlm", path=str(tiny_vlm), num_sample=1)
+
+
 def test_vlm_judge_shows_the_subsampled_frames_with_the_instruction(vlm_judge, monkeypatch):
     processor, seen = vlm_judge.processor, []
 
