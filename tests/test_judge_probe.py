@@ -1,0 +1,345 @@
+"""The success probe (training stage, judge), world-model replays and the calibration command.
+
+Data: a labelled synthetic dataset (no simulator): an orange blob moves by the action; an
+episode succeeds when the blob ends in the right half ("push the red cube to the right"). A
+tiny bundle (VAE + 1-layer DiT, briefly trained) provides the latents and the replays.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from judges.base import Verdict, check_judge_input
+from judges.probe import (
+    FAMILIES,
+    ProbeConfig,
+    SuccessProbe,
+    family_index,
+    uniform_frame_indices,
+)
+
+SIZE, EPISODES = 32, 32
+INSTRUCTION = "push the red cube to the right"
+
+
+def render(x: float, y: float) -> np.ndarray:
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    g = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 5.0**2))
+    return (30 + 220 * g[..., None] * np.array([1.0, 0.7, 0.3])).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def labelled_dataset(tmp_path_factory):
+    """32 episodes of 6-9 frames; success per frame = the blob is right of the centre."""
+    from wm_env.dataset.lerobot import LeRobotWriter
+    from wm_env.dataset.record import EpisodeRecord
+
+    root = tmp_path_factory.mktemp("labelled") / "dataset"
+    rng = np.random.default_rng(0)
+    writer = LeRobotWriter(root, fps=5)
+    for episode in range(EPISODES):
+        steps = int(rng.integers(5, 9))
+        direction = 1.0 if episode % 2 else -1.0  # half end right (success), half left
+        actions = np.zeros((steps, 7), np.float32)
+        actions[:, 0] = direction * rng.uniform(0.3, 1.0, steps)
+        actions[:, 1] = rng.uniform(-0.3, 0.3, steps)
+        x, y = float(rng.uniform(12, 20)), float(rng.uniform(12, 20))
+        frames, xs = [render(x, y)], [x]
+        for a in actions:
+            x, y = float(np.clip(x + 3 * a[0], 5, 27)), float(np.clip(y + 3 * a[1], 5, 27))
+            frames.append(render(x, y))
+            xs.append(x)
+        flags = np.array(xs) > SIZE / 2
+        writer.write_episode(
+            EpisodeRecord(
+                episode_index=episode,
+                frames={"image": np.stack(frames)},
+                actions=actions,
+                states=np.zeros((steps + 1, 2), np.float32),
+                instruction=INSTRUCTION,
+                success=bool(flags[-1]),
+                success_per_step=flags,
+            ),
+            task_index=0,
+        )
+    writer.finalize([INSTRUCTION])
+    return root
+
+
+def quick_optim(steps: int, lr: float, batch: int = 16):
+    from train.loop import OptimConfig
+
+    return OptimConfig(steps=steps, batch_size=batch, lr=lr, warmup_steps=5, min_lr_ratio=0.1,
+                       ema_decay=0.0, checkpoint_every=10**6, log_every=50)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def labelled_bundle(labelled_dataset, tmp_path_factory):
+    """A tiny bundle on the labelled data: VAE 32x32 -> 4x4x4 (10 steps), 1-layer DiT (40 steps)."""
+    from train.data import DataConfig
+    from train.stage_dynamics import DynamicsStageConfig, run_dynamics_stage
+    from train.stage_encoder import EncoderStageConfig, run_encoder_stage
+
+    base = tmp_path_factory.mktemp("labelled_bundle")
+    bundle, data = base / "bundle", DataConfig(dataset=labelled_dataset)
+    torch.manual_seed(0)
+    run_encoder_stage(
+        EncoderStageConfig(bundle=bundle, data=data, image_size=SIZE, latent_channels=4,
+                           downsample=8, base_channels=8, optim=quick_optim(10, 3e-3, 8),
+                           run_dir=base / "runs" / "encoder"),
+        progress=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    run_dynamics_stage(
+        DynamicsStageConfig(bundle=bundle, data=data, preset=None, hidden=32, depth=1, heads=2,
+                            patch_size=1, num_steps=2, optim=quick_optim(40, 3e-3),
+                            run_dir=base / "runs" / "dynamics"),
+        progress=False,
+    )  # fmt: skip
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def trained_probe(labelled_bundle, labelled_dataset, tmp_path_factory):
+    from train.data import DataConfig
+    from train.stage_probe import ProbeStageConfig, run_probe_stage
+
+    base = tmp_path_factory.mktemp("probe")
+    config = ProbeStageConfig(
+        bundle=labelled_bundle,
+        out=base / "probe",
+        data=DataConfig(dataset=labelled_dataset, val_fraction=0.25),
+        probe=ProbeConfig(num_frames=4, hidden=32, heads=2, dropout=0.0),
+        optim=quick_optim(150, 3e-3, 32),
+        run_dir=base / "run",
+    )
+    return run_probe_stage(config, progress=False)
+
+
+# ---------------------------------------------------------------------- pieces
+def test_uniform_frame_indices_spread_over_the_episode_with_both_ends():
+    assert uniform_frame_indices(43, 8).tolist() == [0, 6, 12, 18, 24, 30, 36, 42]
+    assert uniform_frame_indices(3, 4).tolist() == [0, 1, 1, 2]  # short episodes repeat frames
+    assert uniform_frame_indices(1, 8).tolist() == [0] * 8
+    with pytest.raises(ValueError, match="num_frames >= 1"):
+        uniform_frame_indices(0, 8)
+
+
+def test_training_frame_samples_are_jittered_sorted_and_keep_the_ends():
+    from train.stage_probe import sample_frames
+
+    rng = np.random.default_rng(0)
+    ends = np.array([43, 10, 3, 1])
+    rows = sample_frames(rng, ends, 8)
+    assert rows.shape == (4, 8)
+    assert (rows[:, 0] == 0).all() and (rows[:, -1] == ends - 1).all()
+    assert (np.diff(rows, axis=1) >= 0).all() and (rows <= (ends - 1)[:, None]).all()
+    plain = sample_frames(rng, ends, 8, jitter=False)
+    assert [p.tolist() for p in plain] == [uniform_frame_indices(e, 8).tolist() for e in ends]
+    jittered = np.stack([sample_frames(np.random.default_rng(s), ends[:1], 8)[0] for s in range(5)])
+    assert len({tuple(r) for r in jittered}) > 1  # the augmentation moves inner frames
+
+
+def test_family_index_parses_our_templates_and_calls_the_rest_unknown():
+    assert FAMILIES[family_index("push the red cube to the left")] == "push"
+    assert FAMILIES[family_index("Put the blue cube into the green bin.")] == "place"
+    assert family_index("please tidy the table") == 0
+
+
+def test_probe_forward_shapes_and_bad_latents():
+    probe = SuccessProbe(ProbeConfig(num_frames=4, hidden=32, heads=2), tokens=16, channels=4)
+    logits = probe(torch.randn(3, 4, 16, 4), torch.tensor([0, 1, 4]))
+    assert logits.shape == (3,)
+    with pytest.raises(ValueError, match=r"\(B, 4, 16, 4\)"):
+        probe(torch.randn(3, 5, 16, 4), torch.tensor([0, 1, 4]))
+    with pytest.raises(ValueError, match="divisible"):
+        ProbeConfig(hidden=30, heads=4)
+
+
+def test_binary_metrics_against_hand_counts():
+    from judges.calibrate import binary_metrics, score_verdicts
+
+    m = binary_metrics([True, True, False, False, True], [True, False, False, True, True])
+    assert m == {"n": 5, "positives": 3, "negatives": 2, "accuracy": 0.6, "tpr": 2 / 3, "fpr": 0.5}
+    assert np.isnan(binary_metrics([False], [False])["tpr"])  # no positives: undefined, not 0
+    scored = score_verdicts(
+        [Verdict(True, 1.0), Verdict.abstain("down"), Verdict(False, 0.0)],
+        [True, True, True],
+        [1.0, 2.0, 3.0],
+    )
+    assert scored["abstained"] == 1 and scored["n"] == 2 and scored["accuracy"] == 0.5
+    assert scored["seconds_per_verdict"] == 2.0
+
+
+# ---------------------------------------------------------------------- trained probe
+def test_trained_probe_separates_the_labels_and_records_its_provenance(
+    trained_probe, labelled_bundle
+):
+    from judges.probe import ProbeJudge
+    from wm_env.bundle import latent_space_hashes, read_config
+
+    section = read_config(trained_probe)["probe"]
+    assert section["encoder_sha256"] == latent_space_hashes(read_config(labelled_bundle))
+    assert section["metrics"]["train"]["accuracy"] >= 0.9
+    assert section["metrics"]["val"]["n"] == 8  # 25% of 32 episodes held out
+    judge = ProbeJudge.from_pretrained(trained_probe)  # finds the bundle from the record
+    assert judge.name == f"probe:{trained_probe.name}" and judge.prompt_hash == ""
+    right = np.stack([render(12 + 2 * t, 16) for t in range(8)])  # ends at x = 26: success
+    left = np.stack([render(20 - 2 * t, 16) for t in range(8)])  # ends at x = 6: failure
+    yes, no = judge.judge(right, INSTRUCTION), judge.judge(left, INSTRUCTION)
+    assert yes.success is True and no.success is False and yes.score > no.score
+    assert judge.judge(right, INSTRUCTION) == yes  # deterministic
+    assert "family push" in yes.rationale
+    assert judge.judge(right[:1], INSTRUCTION).success is False  # first frame: still left (x 12)
+
+
+def test_probe_judge_rejects_bad_input_and_a_changed_encoder(
+    trained_probe, labelled_bundle, tmp_path
+):
+    from judges.probe import ProbeJudge
+    from wm_env.bundle import BundleError, load_weights, read_config, write_component
+
+    judge = ProbeJudge.from_pretrained(trained_probe)
+    with pytest.raises(ValueError, match="uint8"):
+        judge.judge(np.zeros((0, SIZE, SIZE, 3), np.uint8), INSTRUCTION)
+    with pytest.raises(ValueError, match="uint8"):
+        judge.judge(np.zeros((4, SIZE, SIZE, 3), np.float64), INSTRUCTION)
+    with pytest.raises(ValueError, match="instruction"):
+        judge.judge(np.zeros((4, SIZE, SIZE, 3), np.uint8), "")
+    changed = tmp_path / "bundle"
+    shutil.copytree(labelled_bundle, changed)
+    config = read_config(changed)
+    weights = {k: v + 0.01 for k, v in load_weights(changed, config, "encoder").items()}
+    write_component(changed, "encoder", config["encoder"], weights)
+    with pytest.raises(BundleError, match="other encoder/adapter weights"):
+        ProbeJudge.from_pretrained(trained_probe, bundle=changed)
+    with pytest.raises(BundleError, match="no success probe"):
+        ProbeJudge.from_pretrained(labelled_bundle)
+
+
+# ---------------------------------------------------------------------- replays and calibration
+def test_replays_follow_each_episodes_actions_whatever_the_batch(labelled_bundle):
+    from judges.calibrate import replay_actions
+    from wm_env.world_model import WorldModel
+
+    wm = WorldModel.from_pretrained(labelled_bundle)
+    rng = np.random.default_rng(1)
+    starts = np.stack([render(10, 16), render(22, 12), render(16, 20)])
+    actions = [rng.uniform(-1, 1, (n, 7)).astype(np.float32) for n in (3, 5, 2)]
+    batched = replay_actions(wm, starts, actions, seed=7, batch=2)
+    assert [r.shape for r in batched] == [
+        (4, SIZE, SIZE, 3),
+        (6, SIZE, SIZE, 3),
+        (3, SIZE, SIZE, 3),
+    ]
+    alone = wm.reset(starts[1:2], seed=8)  # episode 1 of the batch uses seed 7 + 1
+    frames = [alone] + [wm.step(a[None]) for a in actions[1]]
+    single = np.concatenate(frames)
+    assert np.abs(single.astype(int) - batched[1].astype(int)).max() <= 1
+
+
+def test_calibrate_scores_judges_on_real_episodes_and_replays(
+    trained_probe, labelled_bundle, labelled_dataset, tmp_path, monkeypatch
+):
+    from judges.calibrate import CalibrateConfig, calibrate
+    from judges.probe import ProbeJudge
+    from train.data import DataConfig
+
+    class AlwaysYes:
+        name = "always-yes"
+
+        def judge(self, frames, instruction):
+            check_judge_input(frames, instruction)
+            return Verdict(True, 0.9, "yes")
+
+    config = CalibrateConfig(judge=(str(trained_probe),), bundle=labelled_bundle, out=tmp_path / "cal",
+                             data=DataConfig(dataset=labelled_dataset, val_fraction=0.25))  # fmt: skip
+    judges = [ProbeJudge.from_pretrained(trained_probe), AlwaysYes()]
+    results = calibrate(config, judges=judges, progress=False)
+    rows = list(csv.DictReader((config.out / "verdicts.csv").open()))
+    assert len(rows) == 3 * 2 * 8  # (probe, always-yes, their majority) x (real, replay) x 8
+    by_key = {(s["judge"], s["source"]): s for s in results["summary"]}
+    for (name, source), s in by_key.items():
+        mine = [r for r in rows if r["judge"] == name and r["source"] == source]
+        labels = np.array([r["label"] == "True" for r in mine])
+        said = np.array([r["success"] == "True" for r in mine])
+        assert s["accuracy"] == pytest.approx(np.mean(said == labels))
+    yes_real = by_key[("always-yes", "real")]
+    assert yes_real["tpr"] == 1.0 and yes_real["fpr"] == 1.0
+    assert yes_real["positives"] == sum(r["label"] == "True" for r in rows) // 6
+    assert by_key[(f"probe:{trained_probe.name}", "real")]["accuracy"] >= 0.75
+    assert by_key[(f"probe:{trained_probe.name}", "real")]["seconds_per_verdict"] > 0
+    assert set(results["agreement"]) == {"real", "replay"}
+    saved = json.loads((config.out / "calibration.json").read_text())
+    assert saved["judges"][0]["kind"] == "ProbeJudge" and len(saved["episodes"]) == 8
+    assert "| always-yes |" in (config.out / "calibration.md").read_text()
+
+    # A second run reuses the cached replays: the world model is not even loaded.
+    import wm_env.world_model
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("replays should come from the cache")
+
+    monkeypatch.setattr(wm_env.world_model.WorldModel, "from_pretrained", no_model)
+    again = calibrate(config, judges=judges, progress=False)
+    keys = ("judge", "source", "n", "abstained", "accuracy", "tpr", "fpr")
+    assert [[a[k] for k in keys] for a in again["summary"]] == [
+        [b[k] for k in keys] for b in results["summary"]
+    ]
+
+
+def test_cli_trains_a_probe_and_calibrates_it(labelled_bundle, labelled_dataset, tmp_path, capsys):
+    from wm_env.cli import main
+
+    probe = tmp_path / "probe"
+    main(["train", "probe", "--bundle", str(labelled_bundle), "--out", str(probe),
+          "--data.dataset", str(labelled_dataset), "--data.val-fraction", "0.25",
+          "--probe.num-frames", "4", "--probe.hidden", "32", "--probe.heads", "2",
+          "--optim.steps", "5", "--optim.batch-size", "8", "--run-dir", str(tmp_path / "run")])  # fmt: skip
+    assert (probe / "probe.safetensors").exists()
+    main(["judge", "calibrate", "--judge", str(probe), "--no-replay",
+          "--data.dataset", str(labelled_dataset), "--data.val-fraction", "0.25",
+          "--episodes", "3", "--out", str(tmp_path / "cal")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert (
+        "| judge | episodes |" in out and "real" in out and "replay" not in out.split("| judge")[1]
+    )
+    summary = list(csv.DictReader((tmp_path / "cal" / "summary.csv").open()))
+    assert len(summary) == 1 and summary[0]["episodes"] == "3"
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "judge",
+                "calibrate",
+                "--judge",
+                str(tmp_path / "nowhere"),
+                "--data.dataset",
+                str(labelled_dataset),
+            ]
+        )
+    assert "not a probe directory" in capsys.readouterr().err
+
+
+def test_load_judge_detects_probes_urls_and_rejects_the_rest(trained_probe, tmp_path):
+    from judges.openai_client import OpenAIJudge
+    from judges.probe import ProbeJudge
+    from judges.registry import load_judge
+
+    assert isinstance(load_judge(str(trained_probe)), ProbeJudge)
+    assert load_judge("probe", path=str(trained_probe), threshold=0.9).threshold == 0.9
+    served = load_judge("http://127.0.0.1:9/v1", model="qwen", prompt={"stride": 2})
+    assert isinstance(served, OpenAIJudge) and served.config.prompt.stride == 2
+    with pytest.raises(KeyError, match="did you mean 'probe'"):
+        load_judge("prbe", path=str(trained_probe))
+    with pytest.raises(KeyError, match="did you mean 'threshold'"):
+        load_judge(str(trained_probe), treshold=0.9)
+    with pytest.raises(ValueError, match="needs model="):
+        load_judge("http://127.0.0.1:9/v1")
+    with pytest.raises(ValueError, match="not a probe directory"):
+        load_judge(str(tmp_path))

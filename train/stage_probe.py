@@ -1,0 +1,248 @@
+"""``wmgym train probe``: the success probe (:mod:`judges.probe`) on a bundle's frozen latents.
+
+Episodes of a labelled LeRobot dataset (per-episode ``success`` and per-frame ``next.success``,
+as ``wmgym data collect`` writes) are split as in every stage (``--data.val-fraction``,
+``--data.split-seed``). Frames are encoded once with the bundle's encoder (+ adapter) and cached
+on disk. Each training sample is one episode, or with probability ``prefix_fraction`` its first
+``t`` frames (label: the success predicate at frame ``t - 1``, so the probe judges "succeeded by
+the last frame shown", as :class:`wm_env.wrappers.JudgeWrapper` asks mid-episode); the
+``num_frames`` frames are spread uniformly over it with random jitter (first and last kept).
+The instruction's family is replaced by ``unknown`` with probability ``family_dropout``. Loss:
+binary cross-entropy. The probe is written to ``out`` with the bundle API, with its accuracy,
+TPR and FPR on the held-out episodes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from judges.probe import (
+    PROBE_SECTION,
+    ProbeConfig,
+    SuccessProbe,
+    family_index,
+    probe_section,
+    uniform_frame_indices,
+)
+from train.data import DataConfig, dataset_fingerprint, load_split
+from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict, pin_run_inputs
+from train.stage_dynamics import cached_latents, encode_frames
+from wm_env.bundle import latent_space_hashes, read_config, write_component
+from wm_env.world_model import build_adapter_from_config, build_encoder_from_config
+
+
+@dataclass(frozen=True)
+class ProbeStageConfig:
+    """Train a success probe on a bundle's encoder latents of labelled sim episodes.
+
+    Attributes:
+        bundle: the world-model bundle whose encoder (+ adapter) defines the latents.
+        out: the probe directory to write (``config.json`` + ``probe.safetensors``).
+        probe: probe architecture.
+        prefix_fraction: share of samples cut at a random frame (labelled by the predicate there).
+        family_dropout: share of samples whose task family is hidden (trains ``unknown``).
+        run_dir: checkpoints, latent cache, loss log (default ``runs/<out name>/probe``).
+    """
+
+    bundle: Path = Path("models/default")
+    out: Path = Path("models/probe")
+    data: DataConfig = field(default_factory=DataConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    prefix_fraction: float = 0.5
+    family_dropout: float = 0.1
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            steps=3000,
+            batch_size=64,
+            lr=1e-3,
+            weight_decay=0.05,
+            warmup_steps=100,
+            min_lr_ratio=0.05,
+            ema_decay=0.99,
+            checkpoint_every=500,
+            log_every=50,
+        )
+    )
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    run_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("prefix_fraction", "family_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
+
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir or Path("runs") / self.out.name / "probe"
+
+
+@dataclass
+class LabelledEpisodes:
+    """Cached latents of whole episodes with their labels.
+
+    Attributes:
+        latents: float32 ``(N, L, D)`` normalised, episodes back to back.
+        starts, lengths: int64 ``(E,)`` where each episode's frames lie in ``latents``.
+        flags: bool ``(N,)`` success predicate per frame.
+        families: int64 ``(E,)`` family index of each episode's instruction.
+    """
+
+    latents: torch.Tensor
+    starts: np.ndarray
+    lengths: np.ndarray
+    flags: np.ndarray
+    families: np.ndarray
+
+    @property
+    def success(self) -> np.ndarray:
+        """bool ``(E,)``: each episode's label (the predicate at its last frame)."""
+        return self.flags[self.starts + self.lengths - 1]
+
+
+def episode_labels(dataset, episode_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """bool ``(N,)`` per-frame success of the episodes, back to back.
+
+    Datasets without per-frame flags use the episode's ``success`` on its last frame only (and
+    False before it): prefixes of such episodes are then labelled as failures.
+    """
+    flags = []
+    for ep, length in zip(episode_ids.tolist(), lengths.tolist(), strict=True):
+        per_frame = dataset.success_per_step(ep)
+        if per_frame is None:
+            label = dataset.success(ep)
+            if label is None:
+                raise ValueError(
+                    f"{dataset.root}: episode {ep} has no success label; the probe needs labelled episodes"
+                )
+            per_frame = np.zeros(length, bool)
+            per_frame[-1] = label
+        flags.append(np.asarray(per_frame, bool))
+    return np.concatenate(flags)
+
+
+def sample_frames(
+    rng: np.random.Generator, ends: np.ndarray, count: int, jitter: bool = True
+) -> np.ndarray:
+    """int64 ``(B, count)`` frame offsets spread over ``0..ends[b] - 1`` (first and last kept).
+
+    With ``jitter`` the inner frames move by up to half a spacing either way (a training
+    augmentation); without it this is :func:`judges.probe.uniform_frame_indices` per row.
+    """
+    ends = np.asarray(ends, dtype=np.int64)  # (B,)
+    grid = np.linspace(0.0, 1.0, count)[None] * (ends[:, None] - 1)  # (B, count)
+    if jitter and count > 2:
+        spacing = (ends[:, None] - 1) / (count - 1)
+        noise = rng.uniform(-0.5, 0.5, grid.shape) * spacing
+        noise[:, [0, -1]] = 0.0
+        grid = grid + noise
+    return np.sort(np.clip(np.round(grid), 0, ends[:, None] - 1).astype(np.int64), axis=1)
+
+
+def evaluate_probe(probe: SuccessProbe, episodes: LabelledEpisodes) -> dict[str, float]:
+    """Accuracy, TPR, FPR of whole-episode verdicts (uniform frames, p >= 0.5)."""
+    count = probe.config.num_frames
+    rows = np.stack(
+        [
+            s + uniform_frame_indices(n, count)
+            for s, n in zip(episodes.starts, episodes.lengths, strict=True)
+        ]
+    )  # (E, F)
+    probe.eval()
+    with torch.no_grad():
+        p = torch.sigmoid(
+            probe(episodes.latents[torch.as_tensor(rows)], torch.as_tensor(episodes.families))
+        ).numpy()
+    from judges.calibrate import binary_metrics
+
+    return binary_metrics(p >= 0.5, episodes.success)
+
+
+def run_probe_stage(config: ProbeStageConfig, progress: bool = True) -> Path:
+    """Train the probe; write it to ``config.out``; return that directory."""
+    device = torch.device(config.runtime.device)
+    if config.runtime.threads:
+        torch.set_num_threads(config.runtime.threads)
+    bundle_config = read_config(config.bundle)
+    if "encoder" not in bundle_config:
+        raise ValueError(f"{config.bundle} has no encoder: run `wmgym train encoder` first")
+    encoder = build_encoder_from_config(bundle_config, config.bundle, device)
+    adapter = build_adapter_from_config(bundle_config, config.bundle, device)
+    dataset, train, val = load_split(config.data, progress)
+    weights = latent_space_hashes(bundle_config)
+    run_dir = config.resolved_run_dir()
+    key = f"{dataset_fingerprint(dataset)}|{bundle_config['encoder']}|{bundle_config.get('adapter')}|{weights}"
+
+    def labelled(arrays, split: str) -> tuple[torch.Tensor, LabelledEpisodes]:
+        raw = cached_latents(
+            run_dir / f"latents_{split}.safetensors",
+            f"{key}|{config.data.val_fraction}|{config.data.split_seed}|{split}",
+            lambda: encode_frames(encoder, adapter, arrays["frames"], progress=progress),
+        )
+        families = [family_index(dataset.instruction(int(e))) for e in arrays["episode_ids"]]
+        return raw, LabelledEpisodes(
+            raw,
+            arrays["starts"],
+            arrays["lengths"],
+            episode_labels(dataset, arrays["episode_ids"], arrays["lengths"]),
+            np.asarray(families, np.int64),
+        )
+
+    raw, episodes = labelled(train, "train")
+    mean = raw.mean(dim=(0, 1))
+    std = raw.std(dim=(0, 1)).clamp_min(1e-4)
+    episodes.latents = ((raw - mean) / std).to(device)  # (N, L, D)
+    held_out = None
+    if val is not None:
+        raw_val, held_out = labelled(val, "val")
+        held_out.latents = (raw_val - mean) / std
+    tokens, channels = raw.shape[1:]
+    torch.manual_seed(config.runtime.seed)
+    model = SuccessProbe(config.probe, tokens, channels)
+    count, batch = config.probe.num_frames, config.optim.batch_size
+
+    def loss_fn(probe, step: int):
+        rng = batch_rng(config.runtime, step)
+        ids = rng.integers(0, len(episodes.lengths), batch)  # (B,)
+        full = episodes.lengths[ids]
+        cut = rng.random(batch) < config.prefix_fraction
+        ends = np.where(cut, rng.integers(1, full + 1), full)  # (B,) frames kept
+        rows = episodes.starts[ids, None] + sample_frames(rng, ends, count)  # (B, F)
+        labels = episodes.flags[episodes.starts[ids] + ends - 1]  # (B,)
+        families = np.where(rng.random(batch) < config.family_dropout, 0, episodes.families[ids])
+        logits = probe(
+            episodes.latents[torch.as_tensor(rows, device=device)],
+            torch.as_tensor(families, device=device),
+        )
+        target = torch.as_tensor(labels, dtype=torch.float32, device=device)
+        loss = F.binary_cross_entropy_with_logits(logits, target)
+        accuracy = float(((logits > 0) == (target > 0.5)).float().mean())
+        return loss, {"accuracy": accuracy}
+
+    trainer = Trainer(
+        model, loss_fn, run_dir, config.optim, config.runtime, run_config=config_dict(config)
+    )
+    pin_run_inputs(trainer, weights)
+    trained = trainer.fit(progress).cpu()
+    episodes.latents = episodes.latents.cpu()
+    metrics = {"train": evaluate_probe(trained, episodes)}
+    if held_out is not None:
+        metrics["val"] = evaluate_probe(trained, held_out)
+    section = probe_section(
+        trained,
+        mean,
+        std,
+        encoder_bundle=os.path.relpath(config.bundle.resolve(), config.out.resolve()),
+        encoder_sha256=weights,
+        dataset=dataset_fingerprint(dataset),
+        split={"val_fraction": config.data.val_fraction, "split_seed": config.data.split_seed},
+        steps=trainer.state.step,
+        train_seconds=round(trainer.state.seconds, 1),
+        metrics=metrics,
+    )
+    write_component(config.out, PROBE_SECTION, section, trained.state_dict())
+    return config.out
