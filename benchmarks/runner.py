@@ -24,7 +24,14 @@ import numpy as np
 
 from benchmarks.episode_log import EpisodeLog
 from benchmarks.suite import EpisodeKey, Suite, suite_from_dict
-from benchmarks.worlds import EpisodeResult, SimWorld, WorldModelWorld, render_starts
+from benchmarks.worlds import (
+    POLICY_SALT,
+    EpisodeResult,
+    SimWorld,
+    WorldModelWorld,
+    episode_seed,
+    render_starts,
+)
 
 LOG_NAME = "episodes.jsonl"
 RUN_NAME = "run.json"
@@ -102,6 +109,8 @@ def build_policy_factory(suite: Suite) -> Callable[[EpisodeKey], Any]:
     Each named policy is loaded once (``policies.registry.load_policy``); episodes get deep
     copies, so stateful policies (chunks, plans) never share state. A policy that plans from
     the start state (``for_start(task, seed)``, e.g. the expert plans) is specialised per start.
+    A policy with a numpy generator ``rng`` (the random baseline) gets one seeded per episode,
+    so results do not depend on which episodes ran before or in which process.
     """
     from policies.registry import load_policy
 
@@ -117,6 +126,8 @@ def build_policy_factory(suite: Suite) -> Callable[[EpisodeKey], Any]:
             policy = prototype.for_start(key.task, key.seed)
         else:
             policy = copy.deepcopy(prototype)
+        if isinstance(getattr(policy, "rng", None), np.random.Generator):
+            policy.rng = np.random.default_rng(episode_seed(suite, key, POLICY_SALT))
         policy.name = key.policy
         return policy
 

@@ -20,7 +20,7 @@ import numpy as np
 from benchmarks.suite import ConditionSpec, EpisodeKey, Suite
 from policies.base import check_action
 
-START_SALT, EDIT_SALT, INSTRUCTION_SALT, MODEL_SALT = 11, 12, 13, 14
+EDIT_SALT, INSTRUCTION_SALT, MODEL_SALT, POLICY_SALT = 12, 13, 14, 15
 
 
 @dataclass

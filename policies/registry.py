@@ -31,6 +31,8 @@ BUILTIN_POLICIES: dict[str, str] = {
     "random": "policies.simple:RandomPolicy",
     "zero": "policies.simple:ZeroPolicy",
     "cem": "policies.cem:CEMPolicy",  # options: model (bundle dir), goal, config, replan_every
+    # graded open-loop expert plans; options: quality, num_steps (planned per start: for_start)
+    "expert": "policies.expert_plan:ExpertPlanPolicy",
 }
 
 

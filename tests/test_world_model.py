@@ -244,6 +244,10 @@ def test_normalize_actions_and_condition_dim():
     assert cond[0, 7] == 0.0  # real action, not the null one
     stacked = normalize_actions(torch.zeros(4, 3, 7), stats, frame_skip=3)
     assert stacked.shape == (4, condition_dim(3)) == (4, 22)
+    # a dim that never varied in the data (q01 == q99) maps to 0 whatever the action
+    constant = {"q01": [-1.0] * 2 + [0.0] * 5, "q99": [1.0] * 2 + [0.0] * 5}
+    cond = normalize_actions(torch.tensor([[[0.5, -0.5, 0.7, -1.0, 0.0, 0.2, 1.0]]]), constant)
+    assert torch.allclose(cond[0, :6], torch.tensor([0.5, -0.5, 0.0, 0.0, 0.0, 0.0]))
 
 
 def test_actions_change_the_prediction(wm, blob_render):

@@ -109,12 +109,16 @@ def normalize_actions(
 ) -> torch.Tensor:
     """Env actions ``(..., frame_skip, 7)`` -> DiT conditions ``(..., frame_skip * 7 + 1)``.
 
-    The six motion dims map q01..q99 to [-1, 1] (as OpenVLA does); the gripper is kept as is. The
-    extra last element is 0 for real actions; the null action is zeros with it set to 1.
+    The six motion dims map q01..q99 to [-1, 1] (as OpenVLA does); a dim that is constant in the
+    data (q01 == q99) carries nothing the model could have learned and maps to 0 (dividing by
+    its zero range would blow any other value up by 1e6). The gripper is kept as is. The extra
+    last element is 0 for real actions; the null action is zeros with it set to 1.
     """
     q01 = torch.as_tensor(stats["q01"], dtype=actions.dtype, device=actions.device)[:ACTION_DIM]
     q99 = torch.as_tensor(stats["q99"], dtype=actions.dtype, device=actions.device)[:ACTION_DIM]
-    scaled = 2 * (actions - q01) / (q99 - q01).clamp_min(1e-6) - 1
+    span = q99 - q01
+    varies = span > 1e-6
+    scaled = torch.where(varies, 2 * (actions - q01) / torch.where(varies, span, 1.0) - 1, 0.0)
     scaled[..., ACTION_DIM - 1] = actions[..., ACTION_DIM - 1]
     flat = scaled.reshape(*actions.shape[:-2], frame_skip * ACTION_DIM)
     return torch.cat([flat, torch.zeros_like(flat[..., :1])], dim=-1)

@@ -103,7 +103,8 @@ class WorldModelVectorEnv(VectorEnv):
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ):
         """Reset every sub-env; ``seed`` int gives sub-env ``i`` the seed ``seed + i``."""
-        super().reset(seed=seed)
+        # gymnasium seeds the vector env's own generator from an int only
+        super().reset(seed=seed if isinstance(seed, int) else None)
         if seed is not None:
             seeds = (
                 [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed)

@@ -1,0 +1,115 @@
+"""Leaderboard throughput: episodes per minute in the world model (vector env at N = 1, 8, 32)
+and in the ground-truth sim, at the same resolution, measured in one run.
+
+Usage::
+
+    python -m benchmarks.leaderboard_figures --bundle models/default --judge models/probe
+
+Each measurement runs a fresh suite (random policy, 40-step episodes, lift/push/stack/place
+starts) through ``benchmarks.runner.run_suite`` exactly as ``wmgym bench leaderboard`` does,
+judging included, after a warm-up that renders the starts and loads the models. Writes
+``benchmarks/results/leaderboard_figures.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.runner import RunOptions, run_suite
+from benchmarks.suite import suite_from_dict
+
+RESULTS = Path(__file__).parent / "results"
+TASKS = ["lift", "stack", "push", "place"]
+
+
+def suite_for(world: dict, episodes: int, judge: str, length: int) -> dict:
+    seeds = list(range(-(-episodes // len(TASKS))))
+    return {
+        "name": "throughput",
+        "world": world,
+        "tasks": TASKS,
+        "seeds": seeds,
+        "episode_length": length,
+        "judge": {"spec": "probe", "path": judge},
+        "policies": [{"name": "random", "spec": "random"}],
+    }
+
+
+def episodes_per_minute(raw: dict, out: Path) -> float:
+    suite = suite_from_dict(raw)
+    started = time.perf_counter()
+    log = run_suite(suite, out, RunOptions(progress=False))
+    return 60 * len(log) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bundle", default="models/default")
+    parser.add_argument("--judge", default="models/probe", help="probe judge directory")
+    parser.add_argument("--sizes", default="1,8,32")
+    parser.add_argument("--sim-episodes", type=int, default=8)
+    parser.add_argument("--length", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    figures: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, 1 thread",
+        "date": time.strftime("%Y-%m-%d"),
+        "bundle": args.bundle,
+        "episode_length": args.length,
+        "world_model": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        starts = tmp / "warm"  # render starts and plans, load models once (not timed)
+        warm = suite_for({"type": "world_model", "bundle": args.bundle, "num_envs": 1}, 4,
+                         args.judge, 1)  # fmt: skip
+        run_suite(suite_from_dict(warm), starts, RunOptions(progress=False))
+        sim_world = {"type": "sim", "bundle": None}
+        figures["sim"] = episodes_per_minute(
+            suite_for(sim_world, args.sim_episodes, args.judge, args.length), tmp / "sim"
+        )
+        print(f"sim: {figures['sim']:.1f} episodes/min")
+        for n in sizes:
+            world = {"type": "world_model", "bundle": args.bundle, "num_envs": n}
+            out = tmp / f"wm{n}"
+            (out / "starts").mkdir(parents=True)
+            for png in (starts / "starts").iterdir():  # reuse the rendered starts
+                (out / "starts" / png.name).write_bytes(png.read_bytes())
+            rate = episodes_per_minute(suite_for(world, max(n, 4), args.judge, args.length), out)
+            figures["world_model"][n] = rate
+            print(
+                f"world model N={n}: {rate:.1f} episodes/min ({rate / figures['sim']:.2f}x the sim)"
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "leaderboard_figures.json").write_text(json.dumps(figures, indent=1))
+    lines = [
+        f"Machine: {figures['machine']}; {figures['date']}; bundle {args.bundle}; "
+        f"{args.length}-step episodes, random policy, probe judge included.",
+        "",
+        "| world | episodes/min | vs sim |",
+        "|---|---|---|",
+        f"| ground-truth sim (64 px) | {figures['sim']:.1f} | 1.00x |",
+        *[
+            f"| world model, vector env N={n} | {r:.1f} | {r / figures['sim']:.2f}x |"
+            for n, r in figures["world_model"].items()
+        ],
+    ]
+    (args.out / "leaderboard_figures.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

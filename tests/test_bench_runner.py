@@ -1,0 +1,197 @@
+"""Running suites end to end: world-model batches, resume, error rows, the sim world, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import runner as runner_module
+from benchmarks.episode_log import EpisodeLog
+from benchmarks.runner import RunOptions, episode_file, run_suite
+from benchmarks.suite import suite_from_dict
+from judges.base import Verdict
+
+pytestmark = pytest.mark.sim  # starts are rendered by the sim
+
+
+class BrightnessJudge:
+    """A deterministic stand-in judge: success when the last frame is brighter than the first."""
+
+    name = "brightness"
+    prompt_hash = "none"
+
+    def judge(self, frames, instruction):
+        delta = float(frames[-1].mean()) - float(frames[0].mean())
+        return Verdict(delta > 0, 1.0 if delta > 0 else 0.0, f"{delta:.2f}")
+
+
+class FailingPolicy:
+    """A remote policy whose server goes down at the second request."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def reset(self, instruction):
+        self.calls = 0
+
+    def act(self, obs):
+        self.calls += 1
+        if self.calls >= 2:
+            raise ConnectionError("http://127.0.0.1:1/act is down")
+        return np.zeros(7, np.float32)
+
+
+def wm_suite(bundle, **change):
+    raw = {
+        "name": "t",
+        "world": {"type": "world_model", "bundle": str(bundle), "num_envs": 4},
+        "tasks": ["lift"],
+        "seeds": [0, 1, 2],
+        "episode_length": 3,
+        "policies": [{"name": "random", "spec": "random"}, {"name": "zero", "spec": "zero"}],
+        "conditions": [
+            {"name": "clean"},
+            {"name": "distract", "type": "distractors", "count": 1},
+            {"name": "para", "type": "instruction"},
+        ],
+        "judge": {"spec": "probe", "path": "unused"},
+    }
+    return suite_from_dict({**raw, **change})
+
+
+@pytest.fixture
+def stand_in_judge(monkeypatch):
+    monkeypatch.setattr(runner_module, "build_judge", lambda suite: BrightnessJudge())
+
+
+def test_world_model_suite_runs_batched_and_resumes(
+    tiny_bundle, tmp_path, stand_in_judge, monkeypatch, sim_available
+):
+    from wm_env.world_model import WorldModel
+
+    calls = []
+    original_step = WorldModel.step
+
+    def counting_step(self, actions):
+        calls.append(len(actions))
+        return original_step(self, actions)
+
+    monkeypatch.setattr(WorldModel, "step", counting_step)
+    suite = wm_suite(tiny_bundle)
+    log = run_suite(suite, tmp_path, RunOptions(progress=False))
+    assert len(log) == 2 * 3 * 3  # policies x conditions x seeds
+    # one batched model call per step for up to num_envs episodes: 3 conditions x 2 batches
+    # (6 episodes per condition in batches of 4) x 3 steps
+    assert calls == [4] * (3 * 2 * 3)
+    rows = {(r["policy"], r["condition"], r["seed"]): r for r in log.rows}
+    assert all(
+        r["steps"] == 3 and r["error"] is None and r["judge"] == "brightness" for r in log.rows
+    )
+    assert rows[("zero", "para", 0)]["instruction"] != rows[("zero", "clean", 0)]["instruction"]
+    # sampled episodes keep their frames (for GIFs); every episode keeps its actions
+    with np.load(episode_file(tmp_path, suite.episode_keys()[0])) as data:
+        assert data["frames"].shape[0] == 4 and data["actions"].shape == (3, 7)
+    # the distractor condition really edits the start the model sees
+    clean_key = next(k for k in suite.episode_keys() if k.condition == "clean" and k.index == 0)
+    edited_key = next(k for k in suite.episode_keys() if k.condition == "distract" and k.index == 0)
+    with (
+        np.load(episode_file(tmp_path, clean_key)) as a,
+        np.load(episode_file(tmp_path, edited_key)) as b,
+    ):
+        assert np.abs(a["frames"][0].astype(int) - b["frames"][0].astype(int)).max() > 30
+
+    # kill -9 mid-write of the last row: a re-run runs only that episode
+    path = tmp_path / "episodes.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]) + lines[-1][:25])
+    calls.clear()
+    with pytest.warns(UserWarning, match="partially written"):
+        resumed = run_suite(suite, tmp_path, RunOptions(progress=False))
+    assert len(resumed) == 18 and len(calls) == 3  # one batch of one episode, 3 steps
+    assert len(path.read_text().splitlines()) == 18
+    calls.clear()
+    assert len(run_suite(suite, tmp_path, RunOptions(progress=False))) == 18 and calls == []
+
+    # the same out dir with another suite is refused instead of mixing results
+    with pytest.raises(ValueError, match="different suite"):
+        run_suite(wm_suite(tiny_bundle, seeds=[5]), tmp_path, RunOptions(progress=False))
+
+
+def test_same_suite_same_results(tiny_bundle, tmp_path, stand_in_judge, sim_available):
+    suite = wm_suite(tiny_bundle, conditions=[{"name": "clean"}], seeds=[0, 1])
+    a = run_suite(suite, tmp_path / "a", RunOptions(progress=False))
+    b = run_suite(suite, tmp_path / "b", RunOptions(progress=False))
+    strip = lambda rows: [
+        {k: v for k, v in r.items() if k not in ("seconds", "ms_per_step")} for r in rows
+    ]  # noqa: E731
+    assert strip(a.rows) == strip(b.rows)
+    key = suite.episode_keys()[0]
+    with (
+        np.load(episode_file(tmp_path / "a", key)) as x,
+        np.load(episode_file(tmp_path / "b", key)) as y,
+    ):
+        assert np.array_equal(x["frames"], y["frames"])
+
+
+def test_a_policy_that_goes_down_gives_error_rows_not_failures(
+    tiny_bundle, tmp_path, stand_in_judge, monkeypatch, sim_available
+):
+    import policies.registry
+
+    original = policies.registry.load_policy
+    monkeypatch.setattr(
+        policies.registry,
+        "load_policy",
+        lambda spec, **o: FailingPolicy() if spec == "flaky" else original(spec, **o),
+    )
+    suite = wm_suite(
+        tiny_bundle,
+        conditions=[{"name": "clean"}],
+        policies=[
+            {"name": "flaky", "spec": "flaky"},
+            {"name": "zero", "spec": "zero"},
+            {"name": "broken", "spec": "no-such-policy"},
+        ],  # fmt: skip
+    )
+    log = run_suite(suite, tmp_path, RunOptions(progress=False))
+    by_policy = {}
+    for row in log.rows:
+        by_policy.setdefault(row["policy"], []).append(row)
+    assert all("is down" in r["error"] and r["success"] is None for r in by_policy["flaky"])
+    assert all("no-such-policy" in r["error"] for r in by_policy["broken"])
+    assert all(r["error"] is None and r["success"] is not None for r in by_policy["zero"])
+    # errored episodes are kept (not re-run) unless asked
+    assert EpisodeLog(tmp_path / "episodes.jsonl").missing(suite.episode_keys()) == []
+    from benchmarks.leaderboard import load_rows, policy_table
+
+    table = policy_table(load_rows(log.rows)).set_index("policy")
+    assert table.loc["flaky", "episodes"] == 0 and table.loc["flaky", "errors"] == 3
+
+
+def test_sim_world_uses_the_oracle_and_real_distractors(tmp_path, sim_available):
+    suite = suite_from_dict({
+        "name": "s", "world": {"type": "sim"}, "tasks": ["lift"], "seeds": [1],
+        "episode_length": 40,
+        "policies": [{"name": "expert", "spec": "expert", "options": {"quality": 1.0}},
+                     {"name": "zero", "spec": "zero"}],
+        "conditions": [{"name": "clean"}, {"name": "distract", "type": "distractors", "count": 2}],
+    })  # fmt: skip
+    log = run_suite(suite, tmp_path, RunOptions(progress=False))
+    rows = {(r["policy"], r["condition"]): r for r in log.rows}
+    assert (
+        rows[("expert", "clean")]["success"] is True
+        and rows[("expert", "clean")]["judge"] == "oracle"
+    )
+    assert rows[("zero", "clean")]["success"] is False
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["world"] == "sim" and run["bundle_sha256"] == ""
+    with np.load(episode_file(tmp_path, suite.episode_keys()[0])) as clean:
+        frames = clean["frames"]
+    key = next(k for k in suite.episode_keys() if k.condition == "distract" and k.policy == "zero")
+    with np.load(episode_file(tmp_path, key)) as edited:
+        # the same layout with two real objects added: the start frames differ
+        assert np.abs(edited["frames"][0].astype(int) - frames[0].astype(int)).max() > 30
