@@ -2,19 +2,24 @@
 
 Recipe (``RECIPE.md``, success probe): ``num_frames`` (8) frames sampled uniformly over the
 episode, first and last included; each frame encoded by the bundle's frozen encoder (+ adapter)
-into latents ``(L, D)``, normalised per channel with the training set's statistics; a per-token
-linear map to ``token_dim`` then a linear map of the flattened frame to ``hidden`` gives one
-token per frame (plus a learned position per sampled frame); a CLS token goes first; one
-transformer layer; a linear head on the CLS output gives the success logit (BCE in training:
-``wmgym train probe``, :mod:`train.stage_probe`).
+into latents ``(L, D)`` on its ``(h, w)`` grid, normalised per channel with the training set's
+statistics; a small frame encoder (two 3x3 convolutions over the grid, the second with stride
+2, then a linear map; or a per-token linear map, flattened) gives one token per frame, plus a
+learned position per sampled frame; a CLS token goes first; one transformer layer; a linear
+head on the CLS output gives the success logit (BCE in training: ``wmgym train probe``,
+:mod:`train.stage_probe`, which also supervises each frame's output with the success predicate
+at that frame).
 
-The instruction: the probe reads the task FAMILY from it (``lift``, ``stack``, ``push``,
-``place``, parsed from our instruction templates by :func:`wm_env.instructions.parse_instruction`)
-as a learned embedding added to the CLS token. It does not read colours or directions: which
-cube, which bin and which way to push must come from the frames (the training data pairs each
-layout with its own instruction). An instruction that is not one of our templates (a paraphrase,
-a user's) gets the ``unknown`` family embedding, which training also sees (family dropout).
-With ``use_family=False`` the instruction is ignored altogether.
+The instruction: the probe reads it through our instruction templates
+(:func:`wm_env.instructions.parse_instruction`) as slots: the task family (``lift``, ``stack``,
+``push``, ``place``), the colour of the cube to act on, the second colour (the base cube of a
+stack, the bin of a place) and the push direction. Each slot value has a learned embedding; their
+sum is added to the CLS token and to every frame token. Slots matter: a quarter to a half of the
+failures in the data are the expert acting on the wrong cube or in the wrong direction, which
+look like successes without them. An instruction that is not one of our templates (a
+paraphrase, a user's) gets ``none`` in every slot, which training also sees (instruction
+dropout). ``instruction="family"`` keeps only the family slot; ``"none"`` ignores the
+instruction altogether.
 
 A probe directory is written with the bundle API (:func:`wm_env.bundle.write_component`):
 ``config.json`` (section ``probe``: architecture, latent statistics, training provenance and
@@ -37,16 +42,42 @@ from torch import nn
 
 from judges.base import Verdict, check_judge_input
 
-FAMILIES = ("unknown", "lift", "stack", "push", "place")  # index 0: not one of our templates
 PROBE_SECTION = "probe"
+FRAME_ENCODERS = ("conv", "linear")
+INSTRUCTION_MODES = ("slots", "family", "none")
+# Slot vocabularies; index 0 ("none") is a missing slot or an instruction that is no template.
+FAMILIES = ("none", "lift", "stack", "push", "place")
+COLORS = ("none", "red", "green", "blue", "yellow")  # wm_env.sim.tasks.TASK_COLORS
+DIRECTIONS = ("none", "left", "right", "front", "back")
+SLOTS = {"family": FAMILIES, "color": COLORS, "color2": COLORS, "direction": DIRECTIONS}
 
 
-def family_index(instruction: str) -> int:
-    """Index into :data:`FAMILIES` of an instruction's task family (0 when it is not a template)."""
+def instruction_ids(instruction: str, mode: str = "slots") -> np.ndarray:
+    """int64 ``(4,)``: indices of the family, colour, second colour and direction slots.
+
+    Slots an instruction does not fill, and every slot of an instruction that is not one of our
+    templates, are 0 (``none``); ``mode="family"`` keeps only the family, ``"none"`` nothing.
+    """
     from wm_env.instructions import parse_instruction
 
-    parsed = parse_instruction(instruction)
-    return FAMILIES.index(parsed[0]) if parsed is not None and parsed[0] in FAMILIES else 0
+    ids = np.zeros(len(SLOTS), np.int64)
+    parsed = parse_instruction(instruction) if mode != "none" else None
+    if parsed is None:
+        return ids
+    family, slots = parsed
+    values = {"family": family, "color": slots.get("c"), "color2": slots.get("c2"),
+              "direction": slots.get("dir")}  # fmt: skip
+    for i, (slot, vocab) in enumerate(SLOTS.items()):
+        if (slot == "family" or mode == "slots") and values[slot] in vocab:
+            ids[i] = vocab.index(values[slot])
+    return ids
+
+
+def describe_instruction_ids(ids) -> str:
+    """``family=push color=red direction=left`` (slots that are ``none`` left out)."""
+    pairs = zip(SLOTS.items(), ids, strict=True)
+    words = [f"{slot}={vocab[int(i)]}" for (slot, vocab), i in pairs if int(i)]
+    return " ".join(words) or "no instruction slots"
 
 
 def uniform_frame_indices(num_frames: int, count: int) -> np.ndarray:
@@ -65,45 +96,89 @@ class ProbeConfig:
 
     Attributes:
         num_frames: frames sampled per episode (uniformly, first and last included).
-        token_dim: per-token width after the first linear map (keeps big latent grids cheap).
+        frame_encoder: how a frame's latent grid becomes one token: ``conv`` (two 3x3 convs,
+            the second with stride 2, then a linear map: few weights, shared over positions) or
+            ``linear`` (a per-token linear map to ``token_dim``, flattened, then a linear map).
+        token_dim: channels of the frame encoder (per-token width for ``linear``).
         hidden: transformer width.
         heads: attention heads.
         layers: transformer layers (the recipe: 1).
         dropout: dropout in the transformer and before the head.
-        use_family: condition on the task family parsed from the instruction.
+        instruction: ``slots`` (family, colours, direction), ``family`` or ``none`` (ignore it).
     """
 
     num_frames: int = 8
+    frame_encoder: str = "conv"
     token_dim: int = 16
     hidden: int = 128
     heads: int = 4
     layers: int = 1
     dropout: float = 0.1
-    use_family: bool = True
+    instruction: str = "slots"
 
     def __post_init__(self) -> None:
         if min(self.num_frames, self.token_dim, self.hidden, self.heads, self.layers) < 1:
             raise ValueError(f"probe sizes must be >= 1; got {self}")
+        if self.instruction not in INSTRUCTION_MODES:
+            from wm_env.errors import lookup
+
+            lookup("instruction mode", self.instruction, dict.fromkeys(INSTRUCTION_MODES))
+        if self.frame_encoder not in FRAME_ENCODERS:
+            from wm_env.errors import lookup
+
+            lookup("frame encoder", self.frame_encoder, dict.fromkeys(FRAME_ENCODERS))
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
 
 
-class SuccessProbe(nn.Module):
-    """Latents of sampled frames ``(B, F, L, D)`` and family ids ``(B,)`` -> success logits ``(B,)``."""
+class FrameEncoder(nn.Module):
+    """One frame's latents ``(N, L, D)`` on an ``(h, w)`` grid -> one token ``(N, hidden)``."""
 
-    def __init__(self, config: ProbeConfig, tokens: int, channels: int) -> None:
+    def __init__(self, kind: str, grid: tuple[int, int], channels: int, width: int, hidden: int):
         super().__init__()
-        self.config, self.tokens, self.channels = config, tokens, channels
-        self.token_proj = nn.Linear(channels, config.token_dim)  # per latent token
-        self.frame_proj = nn.Sequential(
-            nn.LayerNorm(tokens * config.token_dim),
-            nn.Linear(tokens * config.token_dim, config.hidden),
+        self.kind, self.grid = kind, grid
+        tokens = grid[0] * grid[1]
+        if kind == "conv":
+            self.net = nn.Sequential(
+                nn.Conv2d(channels, width, 3, padding=1),
+                nn.GELU(),
+                nn.Conv2d(width, width, 3, stride=2, padding=1),
+                nn.GELU(),
+            )
+            out = width * ((grid[0] + 1) // 2) * ((grid[1] + 1) // 2)
+        else:
+            self.net = nn.Linear(channels, width)  # per latent token
+            out = tokens * width
+        self.proj = nn.Sequential(nn.LayerNorm(out), nn.Linear(out, hidden))
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.kind == "conv":
+            x = latents.transpose(1, 2).unflatten(2, self.grid)  # (N, D, h, w)
+            x = self.net(x).flatten(1)  # (N, width * h/2 * w/2)
+        else:
+            x = self.net(latents).flatten(1)  # (N, L * width)
+        return self.proj(x)
+
+
+class SuccessProbe(nn.Module):
+    """Latents ``(B, F, L, D)`` of sampled frames and instruction ids ``(B, 4)`` -> logits ``(B,)``.
+
+    ``forward(..., per_frame=True)`` also returns per-frame logits ``(B, F)`` (training's
+    auxiliary loss: the success predicate at each sampled frame).
+    """
+
+    def __init__(self, config: ProbeConfig, grid: tuple[int, int], channels: int) -> None:
+        super().__init__()
+        self.config, self.grid, self.channels = config, tuple(grid), channels
+        self.tokens = self.grid[0] * self.grid[1]
+        self.frame = FrameEncoder(
+            config.frame_encoder, self.grid, channels, config.token_dim, config.hidden
         )
         self.position = nn.Parameter(torch.zeros(1, config.num_frames, config.hidden))
         self.cls = nn.Parameter(torch.zeros(1, 1, config.hidden))
-        self.family = nn.Embedding(len(FAMILIES), config.hidden)
+        self.slots = nn.ModuleList(nn.Embedding(len(v), config.hidden) for v in SLOTS.values())
         layer = nn.TransformerEncoderLayer(
             config.hidden,
             config.heads,
@@ -113,26 +188,29 @@ class SuccessProbe(nn.Module):
             norm_first=True,
         )
         self.transformer = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
-        self.head = nn.Sequential(
-            nn.LayerNorm(config.hidden), nn.Dropout(config.dropout), nn.Linear(config.hidden, 1)
-        )
+        self.norm = nn.LayerNorm(config.hidden)
+        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.hidden, 1))
+        self.frame_head = nn.Linear(config.hidden, 1)
         nn.init.normal_(self.position, std=0.02)
         nn.init.normal_(self.cls, std=0.02)
-        nn.init.zeros_(self.family.weight)
+        for embedding in self.slots:
+            nn.init.zeros_(embedding.weight)
 
-    def forward(self, latents: torch.Tensor, family: torch.Tensor) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, instruction: torch.Tensor, per_frame: bool = False):
         batch, frames = latents.shape[:2]
         if latents.shape[2:] != (self.tokens, self.channels) or frames != self.config.num_frames:
             raise ValueError(
                 f"probe expects latents (B, {self.config.num_frames}, {self.tokens}, {self.channels}); got {tuple(latents.shape)}"
             )
-        x = self.token_proj(latents).flatten(2)  # (B, F, L * token_dim)
-        x = self.frame_proj(x) + self.position  # (B, F, hidden)
-        cls = self.cls.expand(batch, -1, -1)  # (B, 1, hidden)
-        if self.config.use_family:
-            cls = cls + self.family(family)[:, None]
-        x = self.transformer(torch.cat([cls, x], dim=1))  # (B, 1 + F, hidden)
-        return self.head(x[:, 0]).squeeze(-1)  # (B,)
+        x = self.frame(latents.flatten(0, 1)).unflatten(0, (batch, frames))  # (B, F, hidden)
+        cond = sum(emb(instruction[:, i]) for i, emb in enumerate(self.slots))  # (B, hidden)
+        x = x + self.position + cond[:, None]
+        cls = self.cls + cond[:, None]  # (B, 1, hidden)
+        x = self.norm(self.transformer(torch.cat([cls, x], dim=1)))  # (B, 1 + F, hidden)
+        logits = self.head(x[:, 0]).squeeze(-1)  # (B,)
+        if per_frame:
+            return logits, self.frame_head(x[:, 1:]).squeeze(-1)  # (B,), (B, F)
+        return logits
 
 
 class ProbeJudge:
@@ -203,9 +281,13 @@ class ProbeJudge:
                 f"{root} was trained on other encoder/adapter weights than {source} holds; "
                 f"retrain it (`wmgym train probe --bundle {source} --out {root}`)"
             )
-        probe = SuccessProbe(
-            ProbeConfig(**section["config"]), section["tokens"], section["channels"]
-        )
+        vocabularies = {slot: list(vocab) for slot, vocab in SLOTS.items()}
+        if section.get("vocabularies") != vocabularies:
+            raise BundleError(
+                f"{root}: the probe's instruction vocabularies {section.get('vocabularies')} are not this "
+                f"wm-gym's {vocabularies}; retrain it"
+            )
+        probe = SuccessProbe(ProbeConfig(**section["config"]), section["grid"], section["channels"])
         probe.load_state_dict(load_weights(root, config, PROBE_SECTION))
         return cls(
             probe,
@@ -226,22 +308,21 @@ class ProbeJudge:
         return (latents - self.latent_mean) / self.latent_std
 
     @torch.no_grad()
-    def probability(self, latents: torch.Tensor, family: torch.Tensor) -> torch.Tensor:
-        """``p(success)`` ``(B,)`` from normalised latents of the sampled frames ``(B, F, L, D)``."""
-        return torch.sigmoid(self.probe(latents.to(self.device), family.to(self.device)))
+    def probability(self, latents: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
+        """``p(success)`` ``(B,)`` from normalised latents ``(B, F, L, D)`` and ids ``(B, 4)``."""
+        return torch.sigmoid(self.probe(latents.to(self.device), instruction.to(self.device)))
 
     def judge(self, frames: np.ndarray, instruction: str) -> Verdict:
         """The probe's verdict on frames ``(T, H, W, 3)`` (only the sampled ``F`` are encoded)."""
         frames = check_judge_input(frames, instruction)
         start = time.perf_counter()
         shown = uniform_frame_indices(len(frames), self.probe.config.num_frames)
-        family = family_index(instruction) if self.probe.config.use_family else 0
+        ids = instruction_ids(instruction, self.probe.config.instruction)
         latents = self.encode(frames[shown])[None]  # (1, F, L, D)
-        p = float(self.probability(latents, torch.tensor([family]))[0])
+        p = float(self.probability(latents, torch.as_tensor(ids)[None])[0])
         self.last_seconds = time.perf_counter() - start
-        rationale = f"probe p(success) {p:.3f} on {len(shown)} of {len(frames)} frames"
-        if self.probe.config.use_family:
-            rationale += f"; family {FAMILIES[family]}"
+        rationale = f"probe p(success) {p:.3f} on {len(shown)} of {len(frames)} frames; "
+        rationale += describe_instruction_ids(ids)
         return Verdict(p >= self.threshold, p, rationale)
 
 
@@ -259,9 +340,9 @@ def probe_section(
     return json_ready(
         {
             "config": asdict(probe.config),
-            "tokens": probe.tokens,
+            "grid": list(probe.grid),
             "channels": probe.channels,
-            "families": list(FAMILIES),
+            "vocabularies": {slot: list(vocab) for slot, vocab in SLOTS.items()},
             "latent_mean": latent_mean.tolist(),
             "latent_std": latent_std.tolist(),
             "threshold": 0.5,

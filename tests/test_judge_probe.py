@@ -17,10 +17,10 @@ import torch
 
 from judges.base import Verdict, check_judge_input
 from judges.probe import (
-    FAMILIES,
     ProbeConfig,
     SuccessProbe,
-    family_index,
+    describe_instruction_ids,
+    instruction_ids,
     uniform_frame_indices,
 )
 
@@ -146,20 +146,33 @@ def test_training_frame_samples_are_jittered_sorted_and_keep_the_ends():
     assert len({tuple(r) for r in jittered}) > 1  # the augmentation moves inner frames
 
 
-def test_family_index_parses_our_templates_and_calls_the_rest_unknown():
-    assert FAMILIES[family_index("push the red cube to the left")] == "push"
-    assert FAMILIES[family_index("Put the blue cube into the green bin.")] == "place"
-    assert family_index("please tidy the table") == 0
+def test_instruction_slots_come_from_our_templates_and_are_none_for_the_rest():
+    push = instruction_ids("push the red cube to the left")
+    assert describe_instruction_ids(push) == "family=push color=red direction=left"
+    place = instruction_ids("Put the blue cube into the green bin.")
+    assert describe_instruction_ids(place) == "family=place color=blue color2=green"
+    stack = instruction_ids("stack the yellow cube on the red cube", mode="family")
+    assert describe_instruction_ids(stack) == "family=stack"
+    assert instruction_ids("please tidy the table").tolist() == [0, 0, 0, 0]
+    assert instruction_ids("lift the red cube", mode="none").tolist() == [0, 0, 0, 0]
 
 
 def test_probe_forward_shapes_and_bad_latents():
-    probe = SuccessProbe(ProbeConfig(num_frames=4, hidden=32, heads=2), tokens=16, channels=4)
-    logits = probe(torch.randn(3, 4, 16, 4), torch.tensor([0, 1, 4]))
+    probe = SuccessProbe(ProbeConfig(num_frames=4, hidden=32, heads=2), grid=(4, 4), channels=4)
+    ids = torch.tensor([[0, 0, 0, 0], [1, 2, 0, 0], [3, 1, 0, 4]])
+    logits = probe(torch.randn(3, 4, 16, 4), ids)
     assert logits.shape == (3,)
     with pytest.raises(ValueError, match=r"\(B, 4, 16, 4\)"):
-        probe(torch.randn(3, 5, 16, 4), torch.tensor([0, 1, 4]))
+        probe(torch.randn(3, 5, 16, 4), ids)
+    logits, per_frame = probe(torch.randn(3, 4, 16, 4), ids, per_frame=True)
+    assert logits.shape == (3,) and per_frame.shape == (3, 4)
+    linear = SuccessProbe(ProbeConfig(num_frames=4, hidden=32, heads=2, frame_encoder="linear"),
+                          grid=(4, 4), channels=4)  # fmt: skip
+    assert linear(torch.randn(2, 4, 16, 4), ids[:2]).shape == (2,)
     with pytest.raises(ValueError, match="divisible"):
         ProbeConfig(hidden=30, heads=4)
+    with pytest.raises(KeyError, match="did you mean 'conv'"):
+        ProbeConfig(frame_encoder="cnv")
 
 
 def test_binary_metrics_against_hand_counts():
@@ -195,7 +208,7 @@ def test_trained_probe_separates_the_labels_and_records_its_provenance(
     yes, no = judge.judge(right, INSTRUCTION), judge.judge(left, INSTRUCTION)
     assert yes.success is True and no.success is False and yes.score > no.score
     assert judge.judge(right, INSTRUCTION) == yes  # deterministic
-    assert "family push" in yes.rationale
+    assert "family=push color=red direction=right" in yes.rationale
     assert judge.judge(right[:1], INSTRUCTION).success is False  # first frame: still left (x 12)
 
 

@@ -7,8 +7,9 @@ on disk. Each training sample is one episode, or with probability ``prefix_fract
 ``t`` frames (label: the success predicate at frame ``t - 1``, so the probe judges "succeeded by
 the last frame shown", as :class:`wm_env.wrappers.JudgeWrapper` asks mid-episode); the
 ``num_frames`` frames are spread uniformly over it with random jitter (first and last kept).
-The instruction's family is replaced by ``unknown`` with probability ``family_dropout``. Loss:
-binary cross-entropy. The probe is written to ``out`` with the bundle API, with its accuracy,
+The instruction's slots are all set to ``none`` with probability ``instruction_dropout``. Loss:
+binary cross-entropy on the episode's label (the CLS output) plus ``frame_loss_weight`` times
+that of each sampled frame's output against the predicate at that frame. The probe is written to ``out`` with the bundle API, with its accuracy,
 TPR and FPR on the held-out episodes.
 """
 
@@ -26,7 +27,7 @@ from judges.probe import (
     PROBE_SECTION,
     ProbeConfig,
     SuccessProbe,
-    family_index,
+    instruction_ids,
     probe_section,
     uniform_frame_indices,
 )
@@ -46,7 +47,10 @@ class ProbeStageConfig:
         out: the probe directory to write (``config.json`` + ``probe.safetensors``).
         probe: probe architecture.
         prefix_fraction: share of samples cut at a random frame (labelled by the predicate there).
-        family_dropout: share of samples whose task family is hidden (trains ``unknown``).
+        instruction_dropout: share of samples whose instruction slots are hidden (trains the
+            ``none`` embeddings that instructions outside our templates get).
+        frame_loss_weight: weight of the auxiliary loss on per-frame outputs (the success
+            predicate at each sampled frame: many more labels than episodes).
         run_dir: checkpoints, latent cache, loss log (default ``runs/<out name>/probe``).
     """
 
@@ -55,7 +59,8 @@ class ProbeStageConfig:
     data: DataConfig = field(default_factory=DataConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     prefix_fraction: float = 0.5
-    family_dropout: float = 0.1
+    instruction_dropout: float = 0.1
+    frame_loss_weight: float = 0.5
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
             steps=3000,
@@ -73,7 +78,9 @@ class ProbeStageConfig:
     run_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        for name in ("prefix_fraction", "family_dropout"):
+        if self.frame_loss_weight < 0:
+            raise ValueError(f"frame_loss_weight must be >= 0; got {self.frame_loss_weight}")
+        for name in ("prefix_fraction", "instruction_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
 
@@ -89,14 +96,14 @@ class LabelledEpisodes:
         latents: float32 ``(N, L, D)`` normalised, episodes back to back.
         starts, lengths: int64 ``(E,)`` where each episode's frames lie in ``latents``.
         flags: bool ``(N,)`` success predicate per frame.
-        families: int64 ``(E,)`` family index of each episode's instruction.
+        instructions: int64 ``(E, 4)`` instruction slot ids of each episode.
     """
 
     latents: torch.Tensor
     starts: np.ndarray
     lengths: np.ndarray
     flags: np.ndarray
-    families: np.ndarray
+    instructions: np.ndarray
 
     @property
     def success(self) -> np.ndarray:
@@ -155,7 +162,7 @@ def evaluate_probe(probe: SuccessProbe, episodes: LabelledEpisodes) -> dict[str,
     probe.eval()
     with torch.no_grad():
         p = torch.sigmoid(
-            probe(episodes.latents[torch.as_tensor(rows)], torch.as_tensor(episodes.families))
+            probe(episodes.latents[torch.as_tensor(rows)], torch.as_tensor(episodes.instructions))
         ).numpy()
     from judges.calibrate import binary_metrics
 
@@ -183,13 +190,16 @@ def run_probe_stage(config: ProbeStageConfig, progress: bool = True) -> Path:
             f"{key}|{config.data.val_fraction}|{config.data.split_seed}|{split}",
             lambda: encode_frames(encoder, adapter, arrays["frames"], progress=progress),
         )
-        families = [family_index(dataset.instruction(int(e))) for e in arrays["episode_ids"]]
+        ids = [
+            instruction_ids(dataset.instruction(int(e)), config.probe.instruction)
+            for e in arrays["episode_ids"]
+        ]
         return raw, LabelledEpisodes(
             raw,
             arrays["starts"],
             arrays["lengths"],
             episode_labels(dataset, arrays["episode_ids"], arrays["lengths"]),
-            np.asarray(families, np.int64),
+            np.stack(ids).astype(np.int64),
         )
 
     raw, episodes = labelled(train, "train")
@@ -201,8 +211,11 @@ def run_probe_stage(config: ProbeStageConfig, progress: bool = True) -> Path:
         raw_val, held_out = labelled(val, "val")
         held_out.latents = (raw_val - mean) / std
     tokens, channels = raw.shape[1:]
+    grid = tuple(bundle_config["encoder"]["grid"])
+    if grid[0] * grid[1] != tokens:
+        raise ValueError(f"{config.bundle}: encoder grid {grid} but {tokens} latent tokens")
     torch.manual_seed(config.runtime.seed)
-    model = SuccessProbe(config.probe, tokens, channels)
+    model = SuccessProbe(config.probe, grid, channels)
     count, batch = config.probe.num_frames, config.optim.batch_size
 
     def loss_fn(probe, step: int):
@@ -213,15 +226,24 @@ def run_probe_stage(config: ProbeStageConfig, progress: bool = True) -> Path:
         ends = np.where(cut, rng.integers(1, full + 1), full)  # (B,) frames kept
         rows = episodes.starts[ids, None] + sample_frames(rng, ends, count)  # (B, F)
         labels = episodes.flags[episodes.starts[ids] + ends - 1]  # (B,)
-        families = np.where(rng.random(batch) < config.family_dropout, 0, episodes.families[ids])
-        logits = probe(
+        hidden = rng.random(batch) < config.instruction_dropout
+        instructions = np.where(hidden[:, None], 0, episodes.instructions[ids])  # (B, 4)
+        logits, frame_logits = probe(
             episodes.latents[torch.as_tensor(rows, device=device)],
-            torch.as_tensor(families, device=device),
-        )
+            torch.as_tensor(instructions, device=device),
+            per_frame=True,
+        )  # (B,), (B, F)
         target = torch.as_tensor(labels, dtype=torch.float32, device=device)
-        loss = F.binary_cross_entropy_with_logits(logits, target)
+        episode_loss = F.binary_cross_entropy_with_logits(logits, target)
+        frame_target = torch.as_tensor(episodes.flags[rows], dtype=torch.float32, device=device)
+        frame_loss = F.binary_cross_entropy_with_logits(frame_logits, frame_target)
+        loss = episode_loss + config.frame_loss_weight * frame_loss
         accuracy = float(((logits > 0) == (target > 0.5)).float().mean())
-        return loss, {"accuracy": accuracy}
+        return loss, {
+            "episode_loss": episode_loss.item(),
+            "frame_loss": frame_loss.item(),
+            "accuracy": accuracy,
+        }
 
     trainer = Trainer(
         model, loss_fn, run_dir, config.optim, config.runtime, run_config=config_dict(config)
