@@ -63,9 +63,9 @@ class ProbeStageConfig:
     frame_loss_weight: float = 0.5
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
-            steps=3000,
+            steps=1000,
             batch_size=64,
-            lr=1e-3,
+            lr=3e-4,
             weight_decay=0.05,
             warmup_steps=100,
             min_lr_ratio=0.05,
