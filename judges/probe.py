@@ -321,7 +321,7 @@ class ProbeJudge:
         latents = self.encode(frames[shown])[None]  # (1, F, L, D)
         p = float(self.probability(latents, torch.as_tensor(ids)[None])[0])
         self.last_seconds = time.perf_counter() - start
-        rationale = f"probe p(success) {p:.3f} on {len(shown)} of {len(frames)} frames; "
+        rationale = f"probe p(success) {p:.3f} ({len(shown)} frames sampled of {len(frames)}); "
         rationale += describe_instruction_ids(ids)
         return Verdict(p >= self.threshold, p, rationale)
 
