@@ -226,8 +226,9 @@ def _usage() -> str:
         "",
         "commands:",
     ]
+    width = max(len(f"{group} {name}") for group, name in COMMANDS)
     for (group, name), (summary, _) in COMMANDS.items():
-        lines.append(f"  {group} {name:<10} {summary}")
+        lines.append(f"  {f'{group} {name}'.strip():<{width}}  {summary}")
     return "\n".join(lines + ["", __doc__.split("Examples::", 1)[1].rstrip()])
 
 
