@@ -196,3 +196,38 @@ def test_sim_world_uses_the_oracle_and_real_distractors(tmp_path, sim_available)
     with np.load(episode_file(tmp_path, key)) as edited:
         # the same layout with two real objects added: the start frames differ
         assert np.abs(edited["frames"][0].astype(int) - frames[0].astype(int)).max() > 30
+
+
+def _sim_suite():
+    return suite_from_dict({
+        "name": "par", "world": {"type": "sim"}, "tasks": ["lift", "push"], "seeds": [0],
+        "episode_length": 3,
+        "policies": [{"name": "random", "spec": "random"}, {"name": "zero", "spec": "zero"}],
+    })  # fmt: skip
+
+
+def _comparable(log):
+    keep = ("policy", "task", "condition", "seed", "index", "instruction", "success", "steps")
+    return sorted(tuple(r[k] for k in keep) for r in log.rows)
+
+
+@pytest.mark.slow
+def test_worker_processes_and_ray_give_the_same_rows_as_in_process(tmp_path, sim_available):
+    suite = _sim_suite()
+    here = run_suite(suite, tmp_path / "here", RunOptions(progress=False))
+    pool = run_suite(suite, tmp_path / "pool", RunOptions(workers=2, progress=False))
+    assert _comparable(pool) == _comparable(here) and len(here) == 4
+    key = suite.episode_keys()[0]
+    with (
+        np.load(episode_file(tmp_path / "here", key)) as a,
+        np.load(episode_file(tmp_path / "pool", key)) as b,
+    ):
+        assert np.array_equal(a["actions"], b["actions"])  # per-episode seeded policies
+    ray = pytest.importorskip("ray")  # the `ray` extra
+    try:
+        on_ray = run_suite(
+            suite, tmp_path / "ray", RunOptions(ray_address="local", workers=2, progress=False)
+        )
+    finally:
+        ray.shutdown()
+    assert _comparable(on_ray) == _comparable(here)
