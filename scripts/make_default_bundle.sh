@@ -15,6 +15,6 @@ $BIN/wmgym data collect --family all --episodes 400 --quality 1.0 0.7 0.4 0.0 --
 $BIN/wmgym train encoder --bundle "$BUNDLE" --data.dataset "$DATA" \
   --optim.steps 1000 --optim.batch-size 16 --runtime.threads "$THREADS"
 $BIN/wmgym train dynamics --bundle "$BUNDLE" --data.dataset "$DATA" --preset tiny --patch-size 2 \
-  --history 2 --target delta --shift 1.0 --optim.steps 9000 --optim.batch-size 32 --optim.seconds 6000 \
+  --history 2 --target delta --optim.steps 7000 --optim.batch-size 32 --optim.seconds 4200 \
   --runtime.threads "$THREADS"
 $BIN/wmgym eval dynamics --bundle "$BUNDLE" --data.dataset "$DATA" --out docs/eval
