@@ -10,6 +10,8 @@ Architecture (``SmallVLA``, about 0.4M parameters at the defaults):
   instruction (RT-1 style), so the features can single out the named cube. Where things are
   reaches the trunk twice: keypoints (x, y of a spatial softmax with a learned temperature,
   per keypoint map) and a coarse 8x8 map flattened (absolute positions); plus a global average.
+- **Memory**: the episode's first frame, stacked with the current one (6 input channels): it
+  shows where the cubes were before the arm came between them and the camera.
 - **State**: the last gripper command this policy gave (-1 open / +1 close) and the step count
   of the episode; both are the policy's own history, not privileged sim state.
 - **Action head**: OpenVLA-style discrete actions: for each of ``chunk`` future steps and each of
@@ -113,6 +115,8 @@ class SmallVLAConfig:
         chunk: future actions predicted per call (an action chunk).
         execute: actions of the chunk that ``act`` returns (1..chunk).
         num_bins: discrete bins per action dimension over [-1, 1].
+        first_frame: also see the episode's first frame (stacked with the current one): the
+            cube before the arm hides it.
         gripper_input: feed the last gripper command the policy gave.
         time_input: feed the episode's step count (divided by ``max_steps``).
         max_steps: normalisation of the step count.
@@ -130,6 +134,7 @@ class SmallVLAConfig:
     chunk: int = 8
     execute: int = 4
     num_bins: int = 256
+    first_frame: bool = True
     gripper_input: bool = True
     time_input: bool = False
     max_steps: int = 50
@@ -199,7 +204,9 @@ class FiLMBlock(nn.Module):
         return F.relu(x * (1 + gamma[..., None, None]) + beta[..., None, None])
 
 
-def spatial_softmax(features: torch.Tensor, temperature: torch.Tensor | float = 1.0) -> torch.Tensor:
+def spatial_softmax(
+    features: torch.Tensor, temperature: torch.Tensor | float = 1.0
+) -> torch.Tensor:
     """``(B, C, H, W)`` feature maps -> ``(B, 2C)`` expected (x, y) in [-1, 1] per channel."""
     b, c, h, w = features.shape
     attention = torch.softmax(features.flatten(2) / temperature, dim=-1).view(b, c, h, w)
@@ -217,7 +224,7 @@ class SmallVLA(nn.Module):
         super().__init__()
         self.config = config
         self.text = InstructionEncoder(vocab_size, config.text_dim, config.max_words)
-        blocks, c_in = [], 3
+        blocks, c_in = [], 6 if config.first_frame else 3
         for i, c_out in enumerate(config.channels):
             kernel, stride = (5, 2) if i == 0 else ((3, 2) if i == 1 else (3, 1))
             blocks.append(FiLMBlock(c_in, c_out, kernel, stride))
@@ -256,6 +263,7 @@ class SmallVLA(nn.Module):
         tokens: torch.Tensor,
         gripper: torch.Tensor | None = None,
         step: torch.Tensor | None = None,
+        first: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Action-bin logits.
 
@@ -264,6 +272,8 @@ class SmallVLA(nn.Module):
             tokens: int64 ``(B, max_words)`` from :meth:`Vocabulary.encode`.
             gripper: float ``(B,)`` last gripper command (-1 open, +1 close); -1 when None.
             step: float ``(B,)`` steps taken in the episode; 0 when None.
+            first: float ``(B, 3, S, S)`` the episode's first frame (``first_frame`` models;
+                ``images`` when None, as at the first step).
 
         Returns:
             float ``(B, chunk, 7, num_bins)`` logits.
@@ -272,6 +282,8 @@ class SmallVLA(nn.Module):
         b = images.shape[0]
         text = self.text(tokens)  # (B, D)
         films = self.film(text).split([2 * c for c in config.channels], dim=-1)
+        if config.first_frame:
+            images = torch.cat([images, images if first is None else first], dim=1)
         x = images - 0.5
         for block, film in zip(self.blocks, films, strict=True):
             x = block(x, film)
@@ -310,6 +322,10 @@ class SmallVLAPolicy:
     policy assumes the runner executes every returned action: it counts them as steps and
     remembers the last gripper command as its own state for the next call.
 
+    With ``ensemble`` (ACT's temporal ensembling) it predicts a chunk at every step and returns
+    one action: the weighted mean of what the last ``chunk`` predictions said about this step,
+    weights ``exp(-ensemble * i)`` with ``i = 0`` the oldest; the gripper is snapped to +-1.
+
     Args:
         model: the network (moved to ``device`` / ``dtype``).
         vocab: its instruction vocabulary.
@@ -317,6 +333,7 @@ class SmallVLAPolicy:
         device, dtype: where and in which precision it runs.
         info: provenance stored in ``config.json`` (training steps, dataset, ...).
         execute: actions returned per call (default the model config's ``execute``).
+        ensemble: temporal-ensembling weight ``m`` (``None``: off; ACT uses 0.01).
     """
 
     def __init__(
@@ -328,13 +345,18 @@ class SmallVLAPolicy:
         dtype: str = "float32",
         info: dict[str, Any] | None = None,
         execute: int | None = None,
+        ensemble: float | None = None,
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
         execute = model.config.execute if execute is None else int(execute)
         if not 1 <= execute <= model.config.chunk:
             raise ValueError(f"execute must be in 1..chunk={model.config.chunk}; got {execute}")
-        self.execute = execute
+        if ensemble is not None and not (np.isfinite(ensemble) and ensemble >= 0):
+            raise ValueError(f"ensemble must be a number >= 0 or None; got {ensemble}")
+        self.execute = 1 if ensemble is not None else execute
+        self.ensemble = ensemble
+        self._chunks: list[tuple[int, np.ndarray]] = []  # (step it was predicted at, (k, 7))
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(self.device, DTYPES[dtype]).eval()
@@ -345,6 +367,7 @@ class SmallVLAPolicy:
         self.info = dict(info or {})
         self._step = 0
         self._gripper = -1.0
+        self._first: np.ndarray | None = None
         self._instruction: str | None = None
 
     # -- Policy -------------------------------------------------------------------------------
@@ -353,19 +376,38 @@ class SmallVLAPolicy:
         self._instruction = check_instruction(instruction)
         self._step = 0
         self._gripper = -1.0
+        self._first = None
+        self._chunks = []
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
         """float32 ``(execute, 7)`` actions for the observation ``{"image", "instruction"}``."""
         image, instruction = check_observation(obs)
         if self._instruction is None:
             self.reset(instruction)
+        if self._first is None:
+            self._first = image.copy()
         chunk = self.predict(
-            image[None], [instruction], np.array([self._gripper]), np.array([self._step])
+            image[None],
+            [instruction],
+            np.array([self._gripper]),
+            np.array([self._step]),
+            self._first[None],
         )[0]
-        actions = chunk[: self.execute]
+        actions = chunk[: self.execute] if self.ensemble is None else self._ensembled(chunk)
         self._step += len(actions)
         self._gripper = float(actions[-1, -1])
         return actions
+
+    def _ensembled(self, chunk: np.ndarray) -> np.ndarray:
+        """``(1, 7)``: this step's action averaged over the chunks that predicted it."""
+        k = self.config.chunk
+        self._chunks = [(s, c) for s, c in self._chunks if self._step - s < k]
+        self._chunks.append((self._step, chunk))
+        votes = np.stack([c[self._step - s] for s, c in self._chunks])  # (n, 7), oldest first
+        weights = np.exp(-self.ensemble * np.arange(len(votes)))
+        action = (weights[:, None] * votes).sum(0) / weights.sum()
+        action[-1] = 1.0 if action[-1] > 0 else -1.0
+        return action[None].astype(np.float32)
 
     # -- batched inference ----------------------------------------------------------------------
     @torch.no_grad()
@@ -375,11 +417,13 @@ class SmallVLAPolicy:
         instructions: Sequence[str],
         gripper: np.ndarray | None = None,
         step: np.ndarray | None = None,
+        first: np.ndarray | None = None,
     ) -> np.ndarray:
         """Whole chunks for a batch: uint8 ``(B, H, W, 3)`` -> float32 ``(B, chunk, 7)``.
 
         ``gripper`` (B,) and ``step`` (B,) are the episodes' last gripper commands and step
-        counts (defaults: open, 0).
+        counts (defaults: open, 0); ``first`` uint8 ``(B, H, W, 3)`` their first frames
+        (default: ``images``).
         """
         if len(images) != len(instructions):
             raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
@@ -388,7 +432,11 @@ class SmallVLAPolicy:
         tokens = self.vocab.encode(list(instructions), self.config.max_words).to(self.device)
         g = None if gripper is None else torch.as_tensor(gripper, dtype=dtype, device=self.device)
         t = None if step is None else torch.as_tensor(step, dtype=dtype, device=self.device)
-        logits = self.model(x.to(self.device, dtype), tokens, g, t)  # (B, k, 7, bins)
+        f = None
+        if first is not None:
+            f = prepare_images(torch.as_tensor(np.ascontiguousarray(first)), self.config.image_size)
+            f = f.to(self.device, dtype)
+        logits = self.model(x.to(self.device, dtype), tokens, g, t, f)  # (B, k, 7, bins)
         return self.bins.decode(logits.argmax(-1)).cpu().numpy().astype(np.float32)
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -404,7 +452,9 @@ class SmallVLAPolicy:
             "type": POLICY_TYPE,
             "name": self.name,
             "model": json.loads(
-                json.dumps(dataclasses.asdict(dataclasses.replace(self.config, execute=self.execute)))
+                json.dumps(
+                    dataclasses.asdict(dataclasses.replace(self.config, execute=self.execute))
+                )
             ),
             "vocabulary": self.vocab.tokens,
             "actions": {
@@ -412,6 +462,7 @@ class SmallVLAPolicy:
                 "low": self.bins.low,
                 "high": self.bins.high,
             },
+            "ensemble": self.ensemble,
             "device": str(self.device),
             "dtype": self.dtype,
             "info": self.info,
@@ -429,9 +480,10 @@ class SmallVLAPolicy:
         dtype: str | None = None,
         name: str | None = None,
         execute: int | None = None,
+        ensemble: float | None = None,
     ) -> SmallVLAPolicy:
-        """Load a checkpoint directory; ``device`` / ``dtype`` / ``execute`` default to its
-        ``config.json``."""
+        """Load a checkpoint directory; ``device`` / ``dtype`` / ``execute`` / ``ensemble``
+        default to its ``config.json``."""
         root = Path(path)
         config_path = root / CONFIG_FILE
         if not config_path.is_file():
@@ -464,4 +516,5 @@ class SmallVLAPolicy:
             dtype=dtype or config.get("dtype", "float32"),
             info=config.get("info", {}),
             execute=execute,
+            ensemble=config.get("ensemble") if ensemble is None else ensemble,
         )

@@ -217,21 +217,25 @@ def test_policy_interface_save_load_and_bad_input(tmp_path):
         SmallVLAPolicy.from_pretrained(tmp_path / "nowhere")
 
 
-def test_policy_tracks_its_gripper_and_steps():
+def test_policy_tracks_its_gripper_steps_and_first_frame():
     torch.manual_seed(0)
     vocab = Vocabulary.build(["touch the red square"])
     policy = SmallVLAPolicy(SmallVLA(TINY, len(vocab)), vocab)
     seen = []
-    policy.predict = lambda images, texts, gripper, step: (  # record the state it feeds
-        seen.append((float(gripper[0]), float(step[0]))) or np.ones((1, TINY.chunk, 7), np.float32)
-    )
-    obs = {"image": np.zeros((16, 16, 3), np.uint8), "instruction": "touch the red square"}
-    policy.reset(obs["instruction"])
-    policy.act(obs)
-    policy.act(obs)
-    policy.reset(obs["instruction"])
-    policy.act(obs)
-    assert seen == [(-1.0, 0.0), (1.0, 2.0), (-1.0, 0.0)]
+
+    def predict(images, texts, gripper, step, first):  # record the state it feeds
+        seen.append((float(gripper[0]), float(step[0]), int(first[0, 0, 0, 0])))
+        return np.ones((1, TINY.chunk, 7), np.float32)
+
+    policy.predict = predict
+    frames = [np.full((16, 16, 3), value, np.uint8) for value in (10, 20, 30, 40)]
+    text = "touch the red square"
+    policy.reset(text)
+    for frame in frames[:3]:
+        policy.act({"image": frame, "instruction": text})
+    policy.reset(text)
+    policy.act({"image": frames[3], "instruction": text})
+    assert seen == [(-1.0, 0.0, 10), (1.0, 2.0, 10), (1.0, 4.0, 10), (-1.0, 0.0, 40)]
 
 
 def test_batches_mask_chunks_at_episode_ends(squares_dataset, tmp_path):
@@ -249,6 +253,7 @@ def test_batches_mask_chunks_at_episode_ends(squares_dataset, tmp_path):
     ]
     assert batch["gripper"].tolist() == [-1.0, 1.0, 1.0, -1.0]  # the previous action's gripper
     assert batch["step"].tolist() == [0.0, 3.0, 4.0, 0.0]
+    assert batch["first"].tolist() == [0, 0, 0, 6]  # rows of the episodes' first frames
     torch.testing.assert_close(batch["targets"][1, :2], demos.actions[3:5])
     assert len(list(tmp_path.glob("frames-*.safetensors"))) == 1  # decoded once, cached
     both = load_demonstrations(
@@ -340,3 +345,33 @@ def test_cli_trains_a_policy(squares_dataset, tmp_path):
         ]
     )  # fmt: skip
     assert SmallVLAPolicy.from_pretrained(out).info["steps"] == 3
+
+
+def test_temporal_ensembling_averages_the_chunks_that_predicted_a_step(tmp_path):
+    torch.manual_seed(0)
+    vocab = Vocabulary.build(["touch the red square"])
+    policy = SmallVLAPolicy(SmallVLA(TINY, len(vocab)), vocab, ensemble=0.0)
+    calls = iter(range(100))
+
+    def predict(images, texts, gripper, step, first):  # chunk n says "n + 0.1 * i" for step i
+        n = next(calls)
+        chunk = n + 0.1 * np.arange(TINY.chunk, dtype=np.float32)[:, None] * np.ones(7)
+        chunk[:, 6] = 0.3 if n % 2 else -0.3
+        return chunk[None].astype(np.float32) / 10
+
+    policy.predict = predict
+    obs = {"image": np.zeros((16, 16, 3), np.uint8), "instruction": "touch the red square"}
+    policy.reset(obs["instruction"])
+    first, second, third, fourth = (policy.act(obs) for _ in range(4))
+    assert first.shape == (1, 7)
+    np.testing.assert_allclose(first[0, :6], 0.0, atol=1e-6)
+    np.testing.assert_allclose(
+        second[0, :6], (0.01 + 0.1) / 2, atol=1e-6
+    )  # chunk 0 step 1, chunk 1 step 0
+    np.testing.assert_allclose(third[0, :6], (0.02 + 0.11 + 0.2) / 3, atol=1e-6)  # 3 chunks
+    np.testing.assert_allclose(fourth[0, :6], (0.12 + 0.21 + 0.3) / 3, atol=1e-6)  # chunk 0 expired
+    assert first[0, 6] == -1.0 and second[0, 6] in (-1.0, 1.0)  # the gripper stays binary
+    policy.save_pretrained(tmp_path / "ens")
+    assert SmallVLAPolicy.from_pretrained(tmp_path / "ens").ensemble == 0.0
+    with pytest.raises(ValueError, match="ensemble"):
+        SmallVLAPolicy(SmallVLA(TINY, len(vocab)), vocab, ensemble=-1.0)

@@ -270,7 +270,8 @@ def gather_batch(demos: Demonstrations, rows: torch.Tensor, chunk: int) -> dict[
     """Inputs and targets of the samples starting at ``rows`` (B,), vectorised.
 
     Returns ``frames`` uint8 (B, S, S, 3), ``episode`` (B,), ``gripper`` (B,) the previous
-    action's gripper command (-1 at an episode's start), ``step`` (B,), ``targets`` (B, k, 7)
+    action's gripper command (-1 at an episode's start), ``step`` (B,), ``first`` (B,) the row
+    of the episode's first frame, ``targets`` (B, k, 7)
     and ``mask`` bool (B, k): the target row is a real action of the same episode.
     """
     future = rows[:, None] + torch.arange(chunk)  # (B, k)
@@ -284,6 +285,7 @@ def gather_batch(demos: Demonstrations, rows: torch.Tensor, chunk: int) -> dict[
         "episode": demos.episode[rows],
         "gripper": torch.where(first, torch.full_like(previous, -1.0), previous),
         "step": demos.frame_index[rows].float(),
+        "first": rows - demos.frame_index[rows],
         "targets": demos.actions[future],
         "mask": mask,
     }
@@ -349,13 +351,15 @@ def run_policy_stage(config: PolicyStageConfig, progress: bool = True) -> Path:
         rows = samples[torch.from_numpy(rng.integers(0, len(samples), config.optim.batch_size))]
         batch = gather_batch(demos, rows, config.model.chunk)
         generator = torch.Generator().manual_seed(config.runtime.seed * 1_000_003 + step)
-        images = frames[rows.to(device)].permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S)
-        images = random_shift(images, config.shift, generator)
+        pair = torch.cat([frames[rows.to(device)], frames[batch["first"].to(device)]], dim=-1)
+        pair = pair.permute(0, 3, 1, 2).float() / 255.0  # (B, 6, S, S): now, first frame
+        pair = random_shift(pair, config.shift, generator)  # the same shift for both
         logits = net(
-            images,
+            pair[:, :3],
             tokens[batch["episode"].to(device)],
             batch["gripper"].to(device),
             batch["step"].to(device),
+            pair[:, 3:],
         )
         return bin_loss(
             logits, batch["targets"].to(device), batch["mask"].to(device), bins, config.label_sigma
