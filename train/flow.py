@@ -112,7 +112,7 @@ class FlowMatchScheduler:
 
     Training times are logit-normal (``sigmoid(N(logit_mean, logit_std**2))``) then shifted;
     sampling is Euler on ``time_shift(linspace(1, 0, n + 1), shift)``. Context frames are fed
-    unchanged with the time label ``context_time``.
+    unchanged with the time label ``context_time`` (0: clean), in training and in sampling alike.
     """
 
     def __init__(
@@ -120,7 +120,7 @@ class FlowMatchScheduler:
         shift: float = 1.0,
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
-        context_time: float = 0.01,
+        context_time: float = 0.0,
     ) -> None:
         if shift <= 0:
             raise ValueError(f"shift must be > 0; got {shift}")
@@ -281,9 +281,12 @@ def training_loss(
     Args:
         model_fn: ``(x_t (B, T, L, D), t (B, T), actions (B, T, A)) -> (B, T, L, D)``.
         x0: clean latents ``(B, T, L, D)``; the first ``history`` frames are context.
-        history: context frames, ``0 <= history < T``. They get time 0 and light noise
-            augmentation: ``(x + sigma eps) / sqrt(1 + sigma**2)``, ``sigma ~ |N(0, std**2)|``
-            per sample and frame (variance-preserving, as in the reference code).
+        history: context frames, ``0 <= history < T``. They get light noise augmentation,
+            ``(x + sigma eps) / sqrt(1 + sigma**2)``, ``sigma ~ |N(0, std**2)|`` per sample and
+            frame (variance-preserving, as in the reference code), then exactly the treatment
+            sampling gives context frames: ``scheduler.prepare_context`` and the time label
+            ``scheduler.context_time`` (a model trained with one label and sampled with another
+            sees inputs it never saw: 0.01 against 0 doubled the flow loss).
         actions: ``(B, T, A)``, ``actions[:, i]`` conditions frame ``i``.
         generator: for times and noise; must live on ``x0``'s device.
 
@@ -304,8 +307,10 @@ def training_loss(
         sigma = sigma * history_noise_std
         eps = torch.randn(past.shape, generator=generator, device=dev, dtype=x0.dtype)
         past = ((past + sigma * eps) / (1 + sigma**2).sqrt()).to(x0.dtype)
+    past = scheduler.prepare_context(past, scheduler.context_time)
     x_t = torch.cat([past, x_future], dim=1)  # (B, T, L, D)
-    t = torch.cat([torch.zeros(B, history, device=dev), t_future.float()], dim=1)  # (B, T)
+    t_past = torch.full((B, history), scheduler.context_time, device=dev)
+    t = torch.cat([t_past, t_future.float()], dim=1)  # (B, T)
     pred = model_fn(x_t, t, actions)[:, history:]
     target = scheduler.target(future, noise, t_future)
     return F.mse_loss(pred.float(), target.float())
