@@ -112,7 +112,8 @@ class FlowMatchScheduler:
 
     Training times are logit-normal (``sigmoid(N(logit_mean, logit_std**2))``) then shifted;
     sampling is Euler on ``time_shift(linspace(1, 0, n + 1), shift)``. Context frames are fed
-    unchanged with the time label ``context_time`` (0: clean), in training and in sampling alike.
+    unchanged with the time label ``context_time``, in training and in sampling alike (bundles
+    record it; ones trained before it was recorded used 0).
     """
 
     def __init__(
@@ -120,7 +121,7 @@ class FlowMatchScheduler:
         shift: float = 1.0,
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
-        context_time: float = 0.0,
+        context_time: float = 0.01,
     ) -> None:
         if shift <= 0:
             raise ValueError(f"shift must be > 0; got {shift}")

@@ -221,6 +221,8 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
             **({"shift": shift} if config.objective == "flow" else {}),
         }
     )
+    if config.objective == "flow":  # sampling must label context frames as training did
+        scheduler_section["context_time"] = scheduler.context_time
     dit_config = DiTConfig(
         in_channels=channels,
         grid=grid,
