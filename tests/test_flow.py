@@ -192,12 +192,16 @@ def test_training_loss_only_on_future_frames():
     x0, actions = torch.randn(2, 3, 16, 4, generator=gen), torch.randn(2, 3, 7, generator=gen)
     seen = {}
 
+    scheduler = FlowMatchScheduler()
+    context = scheduler.context_time  # history frames get the label sampling gives them
+
     def model_fn(x_t, t, a):
         seen["x_t"], seen["t"] = x_t, t
-        return torch.zeros_like(x_t) + 100.0 * (t[..., None, None] == 0)  # huge on history
+        return torch.zeros_like(x_t) + 100.0 * (t[..., None, None] == context)  # huge on history
 
-    loss = training_loss(model_fn, FlowMatchScheduler(), x0, 1, actions, generator=gen)
-    assert torch.equal(seen["t"][:, 0], torch.zeros(2)) and (seen["t"][:, 1:] > 0).all()
+    loss = training_loss(model_fn, scheduler, x0, 1, actions, generator=gen)
+    assert torch.equal(seen["t"][:, 0], torch.full((2,), context))
+    assert (seen["t"][:, 1:] != context).all() and (seen["t"][:, 1:] > 0).all()
     assert 0 < (seen["x_t"][:, 0] - x0[:, 0]).abs().max() < 3  # light augmentation
     assert loss.item() < 10  # the history frames' 100s are not in the loss
     with pytest.raises(ValueError, match="history"):
