@@ -11,7 +11,7 @@
 #
 # Every step resumes where it stopped when re-run (datasets by episode, training by checkpoint).
 # Timings on the build machine (2 cores shared with other jobs, 1 used here): collection
-# ~12 min, training ~35 min, evaluation ~15 min.
+# 12.7 min, training 33 min (24000 steps, ~80 ms each), evaluation 7.5 min (240 episodes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
