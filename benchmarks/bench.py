@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,16 +56,10 @@ class LeaderboardConfig:
 def configured_suite(config: LeaderboardConfig) -> Suite:
     """The suite file with the command line's overrides applied."""
     suite = load_suite(config.suite, {"seeds": list(config.seeds)} if config.seeds else None)
-    world = suite.world.__dict__.copy()
-    if config.world is not None:
-        world["type"] = config.world
-    if config.bundle is not None:
-        world["bundle"] = str(config.bundle)
-    if config.num_envs is not None:
-        world["num_envs"] = config.num_envs
-    from benchmarks.suite import WorldSpec
-
-    return suite.with_world(WorldSpec(**world))
+    overrides = {"type": config.world, "bundle": config.bundle and str(config.bundle),
+                 "num_envs": config.num_envs}  # fmt: skip
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return suite.with_world(dataclasses.replace(suite.world, **given))
 
 
 def editors_of(suite: Suite) -> str:

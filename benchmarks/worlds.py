@@ -10,6 +10,7 @@ other episodes of the batch go on.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,6 @@ def render_starts(
             png = cache / f"{task}-{seed}.png" if cache else None
             meta = png.with_suffix(".json") if png else None
             if png is not None and png.exists() and meta.exists():
-                import json
-
                 starts[(task, seed)] = {
                     "frame": iio.imread(png),
                     "instruction": json.loads(meta.read_text())["instruction"],
@@ -80,8 +79,6 @@ def render_starts(
             obs, _ = env.reset(seed=seed)
             starts[(task, seed)] = {"frame": obs["image"], "instruction": obs["instruction"]}
             if png is not None:
-                import json
-
                 png.parent.mkdir(parents=True, exist_ok=True)
                 iio.imwrite(png, obs["image"])
                 meta.write_text(

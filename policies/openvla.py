@@ -188,7 +188,7 @@ def load_vlm(path: str | Path, trust_remote_code: bool = False, dtype: Any = "fl
 
     Tries ``AutoModelForImageTextToText`` (transformers 5), then ``AutoModelForVision2Seq``
     (older releases). A checkpoint with custom code (``auto_map``, e.g. OpenVLA's Prismatic) is
-    loaded only with ``trust_remote_code=True``.
+    loaded only when the caller sets ``trust_remote_code``.
     """
     import transformers
 
@@ -201,7 +201,7 @@ def load_vlm(path: str | Path, trust_remote_code: bool = False, dtype: Any = "fl
             path, trust_remote_code=trust_remote_code, local_files_only=True
         )
     except ValueError as exc:
-        hint = "" if trust_remote_code else " (custom code needs trust_remote_code=True)"
+        hint = "" if trust_remote_code else " (custom code runs only if you pass trust_remote_code)"
         raise ValueError(f"cannot read the model config in {path}: {exc}{hint}") from exc
     processor = transformers.AutoProcessor.from_pretrained(
         path, trust_remote_code=trust_remote_code, local_files_only=True
