@@ -408,7 +408,12 @@ def test_evaluate_writes_figures(tiny_bundle, blob_dataset, tmp_path):
         "copy_ssim",
         "autoencoder_psnr",
         "autoencoder_ssim",
+        "plain_decoding_psnr",
+        "plain_decoding_ssim",
     }
+    assert figures["residual_decoding"] is True
+    # the residual and the plain decodings of the same latents are different frames
+    assert one["model_psnr"] != one["plain_decoding_psnr"]
     assert roll["horizon"] == 5
     assert len(roll["model_psnr_per_step"]) == len(roll["copy_psnr_per_step"]) == 5
     numbers = [v for v in (*one.values(), *roll.values()) if isinstance(v, float)]

@@ -83,8 +83,27 @@ def test_encode_decode_round_trip(wm, starts):
     assert decoded.dtype == np.uint8 and decoded.shape == starts.shape
     # the tiny VAE is blurry but reconstructs the blob
     assert np.abs(decoded.astype(int) - starts.astype(int)).mean() < 12
-    # reset returns the last start frame as the model sees it
-    assert np.array_equal(wm.reset(starts, seed=0), decoded)
+    # with residual decoding (the default) reset shows the start frame itself ...
+    assert wm.residual_decoding
+    assert max_abs_diff(wm.reset(starts, seed=0), starts) <= 1
+    # ... and plainly decoded, the start frame as the model sees it
+    plain = WorldModel.from_pretrained(wm.bundle, residual_decoding=False)
+    assert np.array_equal(plain.reset(starts, seed=0), decoded)
+
+
+def test_residual_decoding_adds_the_predicted_change_to_the_start_frame(tiny_bundle, starts):
+    residual = WorldModel.from_pretrained(tiny_bundle)
+    plain = WorldModel.from_pretrained(tiny_bundle, residual_decoding=False)
+    shown, latents = rollout(residual, starts, steps=3, seed=5)
+    decoded, plain_latents = rollout(plain, starts, steps=3, seed=5)
+    assert torch.equal(latents, plain_latents)  # the dynamics are the same
+    start_error = starts.astype(int) - plain.decode(plain.encode(starts)).astype(int)
+    expected = np.clip(decoded.astype(int) + start_error[:, None], 0, 255)
+    assert np.abs(shown.astype(int) - expected).max() <= 2  # rounding twice
+    assert not np.array_equal(shown, decoded)
+    # starts of another size are resized for the residual as the encoder resizes them
+    big = np.repeat(np.repeat(starts, 2, axis=1), 2, axis=2)  # (3, 64, 64, 3)
+    assert residual.reset(big, seed=0).shape == starts.shape
 
 
 def test_chunked_decoding_equals_one_call(wm, starts, monkeypatch):
