@@ -196,6 +196,8 @@ def tiny_bundle(blob_dataset, tmp_path_factory):
             patch_size=1,
             num_steps=4,
             action_dropout=0.0,
+            mean_head_width=16,
+            mean_head_depth=1,
             optim=OptimConfig(
                 steps=800,
                 batch_size=16,

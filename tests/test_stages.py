@@ -166,12 +166,14 @@ def test_dynamics_stage_refuses_a_bundle_without_encoder(blob_dataset, tmp_path)
         ({"history": 0}, ">= 1"),
         ({"target": "frame", "future": 0}, ">= 1"),
         ({"frame_skip": 0}, ">= 1"),
+        ({"target": "frame", "future": 2}, "mean head predicts one frame"),
     ],
 )
 def test_dynamics_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DynamicsStageConfig(**kwargs)
-    DynamicsStageConfig(target="frame", future=2)  # several future frames are fine for "frame"
+    # several future frames are fine for "frame" without the mean head
+    DynamicsStageConfig(target="frame", future=2, mean_head_width=0)
 
 
 def test_cached_latents_reuses_and_recomputes(tmp_path):

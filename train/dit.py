@@ -77,6 +77,11 @@ class DiTConfig:
             actions by the null action (for classifier-free guidance).
         qk_norm: RMS-normalise queries and keys per head before RoPE.
         rope_base: RoPE frequency base.
+        mean_head_width: hidden channels of a :class:`train.mean_head.MeanHead` that regresses
+            the next frame's conditional mean from the context and action; the flow then
+            models the residual. 0 (the default): no head, the flow models the whole target.
+        mean_head_depth: residual blocks of the mean head.
+        mean_head_history: context frames the mean head reads.
     """
 
     in_channels: int
@@ -93,6 +98,9 @@ class DiTConfig:
     action_dropout: float = 0.1
     qk_norm: bool = True
     rope_base: float = 10_000.0
+    mean_head_width: int = 0
+    mean_head_depth: int = 4
+    mean_head_history: int = 2
 
     def __post_init__(self) -> None:
         grid = tuple(self.grid)
@@ -140,6 +148,11 @@ class DiTConfig:
             raise ValueError(f"action_dropout must be in [0, 1]; got {self.action_dropout}")
         if self.rope_base <= 1.0:
             raise ValueError(f"rope_base must be > 1; got {self.rope_base}")
+        if self.mean_head_width < 0 or self.mean_head_depth < 0 or self.mean_head_history < 1:
+            raise ValueError(
+                f"mean head needs width >= 0, depth >= 0, history >= 1; got {self.mean_head_width}, "
+                f"{self.mean_head_depth}, {self.mean_head_history}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -522,6 +535,18 @@ class DiT(nn.Module):
             [DiTLayer(C, cfg.heads, cfg.mlp_hidden, cfg.qk_norm) for _ in range(cfg.depth)]
         )
         self.final_layer = FinalLayer(C, p * p * cfg.in_channels)
+        self.mean_head = None
+        if cfg.mean_head_width:
+            from train.mean_head import MeanHead
+
+            self.mean_head = MeanHead(
+                cfg.in_channels,
+                cfg.grid,
+                cfg.mean_head_history,
+                cfg.action_dim,
+                cfg.mean_head_width,
+                cfg.mean_head_depth,
+            )
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -743,8 +768,8 @@ class DiT(nn.Module):
         Without a cache every step reprocesses the whole window of ``context_frames + 1``
         frames. With one, every step processes only the new frame (its temporal queries attend
         to ``context_frames + 1`` keys), plus one more pass to append the finished frame.
-        Counts projections, attention scores and values, MLPs, adaLN, embedders and the head;
-        ignores norms, RoPE, softmax and elementwise work.
+        Counts projections, attention scores and values, MLPs, adaLN, embedders, the head and
+        the mean head (once per frame); ignores norms, RoPE, softmax and elementwise work.
         """
         cfg = self.config
         C, F_, A = cfg.hidden, cfg.mlp_hidden, cfg.action_dim
@@ -762,6 +787,7 @@ class DiT(nn.Module):
             return cfg.depth * 4 * S * C * queries_keys
 
         n = context_frames + 1
+        mean = self.mean_head.flops(num_views) if self.mean_head is not None else 0
         if not cached:
-            return num_steps * (n * per_frame + temporal(n * (n + 1) // 2))
-        return (num_steps + 1) * (per_frame + temporal(n))
+            return mean + num_steps * (n * per_frame + temporal(n * (n + 1) // 2))
+        return mean + (num_steps + 1) * (per_frame + temporal(n))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -59,6 +60,10 @@ class DynamicsStageConfig:
         shift: flow time shift; 0 = the dimension-dependent default sqrt(m / 4096).
         num_steps: denoising steps at sampling time (stored in the bundle).
         action_dropout: share of samples trained with the null action (classifier-free guidance).
+        mean_head_width: hidden channels of the convolutional mean head (``train/mean_head.py``)
+            trained jointly by MSE to predict the next frame's target; the flow learns the
+            residual. 0 disables it (the flow models the whole target). Needs ``future=1``.
+        mean_head_depth: its residual blocks.
         run_dir: checkpoints, latent cache, loss log (default ``runs/<bundle name>/dynamics``).
     """
 
@@ -77,6 +82,8 @@ class DynamicsStageConfig:
     shift: float = 0.0
     num_steps: int = 10
     action_dropout: float = 0.1
+    mean_head_width: int = 96
+    mean_head_depth: int = 4
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
             steps=20000,
@@ -100,6 +107,8 @@ class DynamicsStageConfig:
             raise ValueError(
                 f"history, future, frame_skip must be >= 1; got {self.history}, {self.future}, {self.frame_skip}"
             )
+        if self.mean_head_width and self.future != 1:
+            raise ValueError("the mean head predicts one frame at a time: set future=1")
 
     def resolved_run_dir(self) -> Path:
         return self.run_dir or Path("runs") / self.bundle.name / "dynamics"
@@ -234,6 +243,9 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         action_dim=condition_dim(config.frame_skip),
         max_frames=config.history + config.future,
         action_dropout=config.action_dropout,
+        mean_head_width=config.mean_head_width,
+        mean_head_depth=config.mean_head_depth,
+        mean_head_history=config.history,
     )
     model = DiT(dit_config)
     batch = config.optim.batch_size
@@ -264,8 +276,15 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         generator = torch.Generator(device=device).manual_seed(
             config.runtime.seed * 1_000_003 + step
         )
-        loss = training_loss(dit, scheduler, x0, config.history, cond, generator=generator)
-        return loss, {}
+        mean_head = getattr(dit, "module", dit).mean_head  # dit may be DDP-wrapped
+        if mean_head is None:
+            return training_loss(dit, scheduler, x0, config.history, cond, generator=generator), {}
+        # regression of the mean + flow on the residual (train/mean_head.py)
+        mean = mean_head(x0[:, : config.history], cond[:, -1])  # (B, L, D)
+        mean_loss = F.mse_loss(mean, x0[:, -1])
+        x0 = torch.cat([x0[:, :-1], (x0[:, -1] - mean.detach())[:, None]], dim=1)
+        flow_loss = training_loss(dit, scheduler, x0, config.history, cond, generator=generator)
+        return flow_loss + mean_loss, {"mean_loss": mean_loss.item()}
 
     trainer = Trainer(
         model, loss_fn, run_dir, config.optim, config.runtime, run_config=config_dict(config)

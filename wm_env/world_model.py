@@ -503,6 +503,9 @@ class WorldModel:
         ]  # (B, 1, A)
         with self._autocast():
             sample = self._sample(state, condition)
+            mean_head = getattr(self.dit, "mean_head", None)
+            if mean_head is not None:  # the flow sampled the residual around this mean
+                sample = sample + mean_head(state.context, condition[:, 0])[:, None]
         new = sample[:, 0].float()  # (B, L, D)
         if self.target == "delta":
             new = state.context[:, -1] + new * (self.delta_std / self.latent_std)
