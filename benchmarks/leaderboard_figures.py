@@ -43,10 +43,10 @@ def suite_for(world: dict, episodes: int, judge: str, length: int) -> dict:
     }
 
 
-def episodes_per_minute(raw: dict, out: Path) -> float:
+def episodes_per_minute(raw: dict, out: Path, options: RunOptions) -> float:
     suite = suite_from_dict(raw)
     started = time.perf_counter()
-    log = run_suite(suite, out, RunOptions(progress=False))
+    log = run_suite(suite, out, options)
     return 60 * len(log) / (time.perf_counter() - started)
 
 
@@ -60,12 +60,21 @@ def main() -> None:
     parser.add_argument("--sim-episodes", type=int, default=8)
     parser.add_argument("--length", type=int, default=40)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--cores",
+        type=int,
+        default=1,
+        help="cores each world may use: torch threads for the world model, worker processes "
+        "for the sim (whose episodes are single-threaded)",
+    )
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.cores)
+    wm_options = RunOptions(progress=False, threads=args.cores)
+    sim_options = RunOptions(progress=False, workers=args.cores)
     sizes = [int(s) for s in args.sizes.split(",")]
     figures: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, 1 thread",
+        f"torch {torch.__version__}; each world uses {args.cores} core(s)",
         "date": time.strftime("%Y-%m-%d"),
         "bundle": args.bundle,
         "episode_length": args.length,
@@ -76,10 +85,12 @@ def main() -> None:
         starts = tmp / "warm"  # render starts and plans, load models once (not timed)
         warm = suite_for({"type": "world_model", "bundle": args.bundle, "num_envs": 1}, 4,
                          args.judge, 1)  # fmt: skip
-        run_suite(suite_from_dict(warm), starts, RunOptions(progress=False))
+        run_suite(suite_from_dict(warm), starts, wm_options)
         sim_world = {"type": "sim", "bundle": None}
         figures["sim"] = episodes_per_minute(
-            suite_for(sim_world, args.sim_episodes, args.judge, args.length), tmp / "sim"
+            suite_for(sim_world, args.sim_episodes, args.judge, args.length),
+            tmp / "sim",
+            sim_options,
         )
         print(f"sim: {figures['sim']:.1f} episodes/min")
         for n in sizes:
@@ -88,7 +99,9 @@ def main() -> None:
             (out / "starts").mkdir(parents=True)
             for png in (starts / "starts").iterdir():  # reuse the rendered starts
                 (out / "starts" / png.name).write_bytes(png.read_bytes())
-            rate = episodes_per_minute(suite_for(world, max(n, 4), args.judge, args.length), out)
+            rate = episodes_per_minute(
+                suite_for(world, max(n, 4), args.judge, args.length), out, wm_options
+            )
             figures["world_model"][n] = rate
             print(
                 f"world model N={n}: {rate:.1f} episodes/min ({rate / figures['sim']:.2f}x the sim)"

@@ -71,7 +71,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,4,16,64")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     from wm_env.envs.starts import StartSet
 
