@@ -96,3 +96,48 @@ def test_world_model_step_adds_the_mean_to_the_sampled_residual(tiny_bundle, mon
     wm.step(np.zeros((2, 7), dtype=np.float32), decode=False)
     expected = last + 0.5 * (wm.delta_std / wm.latent_std)
     assert torch.allclose(wm.latest_latents, expected, atol=1e-6)
+
+
+def _rollout_data(seed: int = 0):
+    """Latents (12, 2, 3) of one episode and env actions (12, 7); stats mapping [-1, 1] to itself."""
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(12, 2, 3, generator=g).cumsum(0)
+    actions = torch.rand(12, 7, generator=g) * 2 - 1
+    stats = {"q01": [-1.0] * 7, "q99": [1.0] * 7}
+    return latents, actions, stats
+
+
+def test_unrolled_mean_loss_is_zero_for_an_exact_head_and_scores_drift():
+    from train.stage_dynamics import unrolled_mean_loss
+
+    latents, actions, stats = _rollout_data()
+    scale = torch.tensor([0.5, 2.0, 1.0])  # delta units -> latent units
+    context_rows = torch.tensor([[0, 1], [4, 5]])  # (B, l)
+    seen = []
+
+    def exact(context, condition):  # knows the true next frame of each rollout step
+        step = len(seen) + 1
+        seen.append(condition)
+        rows = context_rows[:, -1] + 1 + step
+        return (latents[rows] - context[:, -1]) / scale
+
+    first = (latents[context_rows[:, -1] + 1] - latents[context_rows[:, -1]]) / scale
+    loss = unrolled_mean_loss(exact, first, context_rows, latents, actions, stats, 2, 1, scale)
+    assert float(loss) < 1e-10
+    # the condition of step k is the action taken at the frame before the one it predicts
+    assert torch.allclose(seen[0][:, :7], actions[context_rows[:, -1] + 1])
+    assert torch.allclose(seen[1][:, :7], actions[context_rows[:, -1] + 2])
+
+    def still(context, condition):  # predicts "no change": the rollout stays at the last frame
+        return torch.zeros_like(context[:, -1])
+
+    zero_first = torch.zeros_like(first)
+    loss = unrolled_mean_loss(still, zero_first, context_rows, latents, actions, stats, 2, 1, scale)
+    last = latents[context_rows[:, -1]]
+    expected = sum(
+        torch.nn.functional.mse_loss(
+            torch.zeros_like(last), (latents[context_rows[:, -1] + k] - last) / scale
+        )
+        for k in (2, 3)
+    )
+    assert torch.allclose(loss, expected)

@@ -456,3 +456,28 @@ def test_fingerprint_of_the_blob_dataset(blob_dataset):
         "frames": 72,
         "fps": 10.0,
     }
+
+
+def test_dynamics_stage_with_an_unrolled_mean_head(bundle_copy, blob_dataset, tmp_path):
+    import pandas as pd
+
+    config = tiny_dynamics(
+        bundle_copy,
+        blob_dataset,
+        tmp_path / "run",
+        mean_head_width=8,
+        mean_head_depth=1,
+        mean_head_unroll=3,
+        optim=few_steps(steps=3),
+    )
+    run_dynamics_stage(config, progress=False)
+    log = pd.read_csv(tmp_path / "run" / "loss.csv")
+    assert len(log) == 3 and (log["mean_loss"] > 0).all() and (log["loss"] > log["mean_loss"]).all()
+    dit = read_config(bundle_copy)["dynamics"]["dit"]
+    assert dit["mean_head_width"] == 8 and dit["mean_head_history"] == 2
+    model = WorldModel.from_pretrained(bundle_copy)
+    assert model.dit.mean_head is not None
+    model.reset(np.zeros((2, 32, 32, 3), np.uint8), seed=0)
+    assert model.step(np.zeros((2, 7), np.float32)).shape == (2, 32, 32, 3)
+    with pytest.raises(ValueError, match="mean_head_unroll"):
+        tiny_dynamics(bundle_copy, blob_dataset, tmp_path / "r", mean_head_unroll=0)

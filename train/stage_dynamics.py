@@ -64,6 +64,10 @@ class DynamicsStageConfig:
             trained jointly by MSE to predict the next frame's target; the flow learns the
             residual. 0 disables it (the flow models the whole target). Needs ``future=1``.
         mean_head_depth: its residual blocks.
+        mean_head_unroll: frames the mean head is trained to roll out on its own predictions
+            (1: one step from true frames). Each further step starts from the previous step's
+            prediction, detached (the "pushforward" trick), so the head learns to correct the
+            drift it causes in long rollouts.
         run_dir: checkpoints, latent cache, loss log (default ``runs/<bundle name>/dynamics``).
     """
 
@@ -84,6 +88,7 @@ class DynamicsStageConfig:
     action_dropout: float = 0.1
     mean_head_width: int = 96
     mean_head_depth: int = 4
+    mean_head_unroll: int = 1
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
             steps=20000,
@@ -109,6 +114,8 @@ class DynamicsStageConfig:
             )
         if self.mean_head_width and self.future != 1:
             raise ValueError("the mean head predicts one frame at a time: set future=1")
+        if self.mean_head_unroll < 1:
+            raise ValueError(f"mean_head_unroll must be >= 1; got {self.mean_head_unroll}")
 
     def resolved_run_dir(self) -> Path:
         return self.run_dir or Path("runs") / self.bundle.name / "dynamics"
@@ -185,6 +192,48 @@ def action_bounds(stats: dict) -> tuple[list[float], list[float]]:
     return low.tolist(), high.tolist()
 
 
+def unrolled_mean_loss(
+    mean_head,
+    first: torch.Tensor,
+    context_rows: torch.Tensor,
+    latents: torch.Tensor,
+    actions: torch.Tensor,
+    action_stats: dict,
+    steps: int,
+    frame_skip: int,
+    delta_scale: torch.Tensor | None,
+) -> torch.Tensor:
+    """Summed MSE of the mean head over ``steps`` more frames of its own rollout.
+
+    Args:
+        mean_head: ``(context (B, l, L, D), condition (B, A)) -> (B, L, D)`` in target units.
+        first: its prediction ``(B, L, D)`` of the frame after the context (already scored).
+        context_rows: ``(B, l)`` rows of the true context frames in ``latents``.
+        latents: normalised latents ``(N, L, D)``; actions: env actions ``(N, 7)``.
+        steps: further frames; frame ``k`` is predicted from the previous predictions,
+            detached (the pushforward trick), and scored against the true frame.
+        delta_scale: ``(D,)`` delta units -> normalised latent units for the ``delta`` target;
+            None for the ``frame`` target.
+    """
+    context = latents[context_rows]  # (B, l, L, D) true frames
+    prediction, total = first, first.new_zeros(())
+    skip = torch.arange(frame_skip, device=latents.device)
+    for k in range(1, steps + 1):
+        frame = prediction.detach()
+        if delta_scale is not None:
+            frame = context[:, -1] + frame * delta_scale
+        context = torch.cat([context[:, 1:], frame[:, None]], dim=1)
+        true_row = context_rows[:, -1] + (k + 1) * frame_skip  # (B,)
+        action_rows = (true_row - frame_skip)[:, None, None] + skip  # (B, 1, skip)
+        condition = normalize_actions(actions[action_rows], action_stats, frame_skip)[:, 0]
+        prediction = mean_head(context, condition)
+        target = latents[true_row]
+        if delta_scale is not None:
+            target = (target - frame) / delta_scale
+        total = total + F.mse_loss(prediction, target)
+    return total
+
+
 def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Path:
     """Train the DiT; write ``dynamics.safetensors`` and the action statistics into the bundle."""
     from train.dit import DiT, DiTConfig
@@ -210,7 +259,9 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     tokens, channels = latents.shape[1:]
     grid = tuple(bundle_config["encoder"]["grid"])
 
-    clips = ClipIndex.build(train, config.history, config.future, config.frame_skip)
+    # clips long enough for the mean head's own rollout (it reads frames after the DiT's clip)
+    unroll = config.mean_head_unroll - 1 if config.mean_head_width else 0
+    clips = ClipIndex.build(train, config.history, config.future + unroll, config.frame_skip)
     stats = latent_statistics(
         latents, clips.starts + (config.history - 1) * config.frame_skip, config.frame_skip
     )
@@ -282,9 +333,17 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         # regression of the mean + flow on the residual (train/mean_head.py)
         mean = mean_head(x0[:, : config.history], cond[:, -1])  # (B, L, D)
         mean_loss = F.mse_loss(mean, x0[:, -1])
+        if unroll:
+            mean_loss = mean_loss + unrolled_mean_loss(
+                mean_head, mean, rows[:, : config.history], normalized, actions, action_stats,
+                unroll, config.frame_skip, delta_scale,
+            )  # fmt: skip
+            mean_loss = mean_loss / (1 + unroll)
         x0 = torch.cat([x0[:, :-1], (x0[:, -1] - mean.detach())[:, None]], dim=1)
         flow_loss = training_loss(dit, scheduler, x0, config.history, cond, generator=generator)
         return flow_loss + mean_loss, {"mean_loss": mean_loss.item()}
+
+    delta_scale = (delta_std / std).to(device) if config.target == "delta" else None
 
     trainer = Trainer(
         model, loss_fn, run_dir, config.optim, config.runtime, run_config=config_dict(config)
