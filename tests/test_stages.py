@@ -167,6 +167,7 @@ def test_dynamics_stage_refuses_a_bundle_without_encoder(blob_dataset, tmp_path)
         ({"target": "frame", "future": 0}, ">= 1"),
         ({"frame_skip": 0}, ">= 1"),
         ({"target": "frame", "future": 2}, "mean head predicts one frame"),
+        ({"temperature": -0.5}, "temperature must be >= 0"),
     ],
 )
 def test_dynamics_config_validation(kwargs, match):
@@ -473,8 +474,9 @@ def test_dynamics_stage_with_an_unrolled_mean_head(bundle_copy, blob_dataset, tm
     run_dynamics_stage(config, progress=False)
     log = pd.read_csv(tmp_path / "run" / "loss.csv")
     assert len(log) == 3 and (log["mean_loss"] > 0).all() and (log["loss"] > log["mean_loss"]).all()
-    dit = read_config(bundle_copy)["dynamics"]["dit"]
-    assert dit["mean_head_width"] == 8 and dit["mean_head_history"] == 2
+    dynamics = read_config(bundle_copy)["dynamics"]
+    assert dynamics["dit"]["mean_head_width"] == 8 and dynamics["dit"]["mean_head_history"] == 2
+    assert dynamics["temperature"] == 1.0  # the stage's default, stored for the runtime
     model = WorldModel.from_pretrained(bundle_copy)
     assert model.dit.mean_head is not None
     model.reset(np.zeros((2, 32, 32, 3), np.uint8), seed=0)

@@ -59,6 +59,8 @@ class DynamicsStageConfig:
             ``ddpm`` (v-prediction, sigmoid betas).
         shift: flow time shift; 0 = the dimension-dependent default sqrt(m / 4096).
         num_steps: denoising steps at sampling time (stored in the bundle).
+        temperature: scale of the starting noise at sampling time (stored in the bundle; 0 =
+            deterministic, 1 = the learned distribution).
         action_dropout: share of samples trained with the null action (classifier-free guidance).
         mean_head_width: hidden channels of the convolutional mean head (``train/mean_head.py``)
             trained jointly by MSE to predict the next frame's target; the flow learns the
@@ -85,6 +87,7 @@ class DynamicsStageConfig:
     objective: str = "flow"
     shift: float = 0.0
     num_steps: int = 10
+    temperature: float = 1.0
     action_dropout: float = 0.1
     mean_head_width: int = 96
     mean_head_depth: int = 4
@@ -114,6 +117,8 @@ class DynamicsStageConfig:
             )
         if self.mean_head_width and self.future != 1:
             raise ValueError("the mean head predicts one frame at a time: set future=1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0; got {self.temperature}")
         if self.mean_head_unroll < 1:
             raise ValueError(f"mean_head_unroll must be >= 1; got {self.mean_head_unroll}")
 
@@ -358,6 +363,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         "frame_skip": config.frame_skip,
         "target": config.target,
         "num_steps": config.num_steps,
+        "temperature": config.temperature,
         "tokens": int(tokens),
         "steps": trainer.state.step,
         "train_seconds": round(trainer.state.seconds, 1),
