@@ -218,7 +218,7 @@ def tiny_dynamics(bundle, blob_dataset, run_dir, **overrides) -> DynamicsStageCo
 def test_dynamics_stage_latent_cache(bundle_copy, blob_dataset, tmp_path, spy):
     calls = spy(train.stage_dynamics)
     run_dir = tmp_path / "run"
-    config = tiny_dynamics(bundle_copy, blob_dataset, run_dir)
+    config = tiny_dynamics(bundle_copy, blob_dataset, run_dir, val_every=0)  # train cache only
     run_dynamics_stage(config, progress=False)
     assert len(calls) == 1
     cache = run_dir / "latents_train.safetensors"
@@ -483,3 +483,27 @@ def test_dynamics_stage_with_an_unrolled_mean_head(bundle_copy, blob_dataset, tm
     assert model.step(np.zeros((2, 7), np.float32)).shape == (2, 32, 32, 3)
     with pytest.raises(ValueError, match="mean_head_unroll"):
         tiny_dynamics(bundle_copy, blob_dataset, tmp_path / "r", mean_head_unroll=0)
+
+
+def test_dynamics_stage_logs_a_held_out_loss(bundle_copy, blob_dataset, tmp_path):
+    import pandas as pd
+
+    config = tiny_dynamics(
+        bundle_copy,
+        blob_dataset,
+        tmp_path / "run",
+        mean_head_width=8,
+        mean_head_depth=1,
+        val_every=2,
+        optim=few_steps(steps=5),
+    )
+    run_dynamics_stage(config, progress=False)
+    log = pd.read_csv(tmp_path / "run" / "loss.csv")
+    assert (tmp_path / "run" / "latents_val.safetensors").exists()
+    logged = log.dropna(subset=["val_loss"])
+    assert logged["step"].tolist() == [0, 2, 4]  # every val_every steps
+    assert (logged["val_loss"] > 0).all() and (logged["val_mean_loss"] > 0).all()
+    assert log.loc[log["step"] == 1, "val_loss"].isna().all()
+    with pytest.raises(ValueError, match="multiple of optim.log_every"):
+        tiny_dynamics(bundle_copy, blob_dataset, tmp_path / "r", val_every=3,
+                      optim=dataclasses.replace(few_steps(), log_every=2))  # fmt: skip

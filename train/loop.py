@@ -363,7 +363,9 @@ class _LossLog:
             self.writer_tb.close()
 
 
-RUN_CONTROL_KEYS = frozenset({"seconds", "threads", "tensorboard", "checkpoint_every", "log_every"})
+RUN_CONTROL_KEYS = frozenset(
+    {"seconds", "threads", "tensorboard", "checkpoint_every", "log_every", "val_every"}
+)
 
 
 def _identity(run_config: Any) -> Any:

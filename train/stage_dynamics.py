@@ -41,6 +41,8 @@ from wm_env.world_model import (
 )
 
 TARGETS = ("frame", "delta")
+VAL_CLIPS = 256  # held-out clips in the fixed validation batch
+VAL_SEED_STEP = 10**9  # the validation batch's noise: the same at every evaluation
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ class DynamicsStageConfig:
             (1: one step from true frames). Each further step starts from the previous step's
             prediction, detached (the "pushforward" trick), so the head learns to correct the
             drift it causes in long rollouts.
+        val_every: log the loss on a fixed batch of held-out clips (``val_loss``, and
+            ``val_mean_loss`` with the mean head) every this many steps, a multiple of
+            ``optim.log_every``; 0 disables it.
         run_dir: checkpoints, latent cache, loss log (default ``runs/<bundle name>/dynamics``).
     """
 
@@ -92,6 +97,7 @@ class DynamicsStageConfig:
     mean_head_width: int = 96
     mean_head_depth: int = 4
     mean_head_unroll: int = 1
+    val_every: int = 500
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
             steps=20000,
@@ -119,6 +125,11 @@ class DynamicsStageConfig:
             raise ValueError("the mean head predicts one frame at a time: set future=1")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0; got {self.temperature}")
+        if self.val_every < 0 or (self.val_every and self.val_every % self.optim.log_every):
+            raise ValueError(
+                f"val_every must be 0 or a multiple of optim.log_every ({self.optim.log_every}); "
+                f"got {self.val_every}"
+            )
         if self.mean_head_unroll < 1:
             raise ValueError(f"mean_head_unroll must be >= 1; got {self.mean_head_unroll}")
 
@@ -252,7 +263,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         )
     encoder = build_encoder_from_config(bundle_config, config.bundle, device)
     adapter = build_adapter_from_config(bundle_config, config.bundle, device)
-    dataset, train, _ = load_split(config.data, progress)
+    dataset, train, val = load_split(config.data, progress)
     run_dir = config.resolved_run_dir()
     weights = latent_space_hashes(bundle_config)
     key = f"{dataset_fingerprint(dataset)}|{bundle_config['encoder']}|{bundle_config.get('adapter')}|{weights}"
@@ -310,7 +321,21 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     def loss_fn(dit, step: int):
         rng = batch_rng(config.runtime, step)
         clip_ids = rng.integers(0, len(clips), batch)
-        starts = torch.as_tensor(clips.starts[clip_ids], device=device)  # (B,)
+        loss, terms = batch_loss(dit, normalized, actions, clips.starts[clip_ids], step)
+        if validation is not None and step % config.val_every == 0:
+            was_training = dit.training
+            dit.eval()  # no action dropout
+            with torch.no_grad():
+                val_loss, val_terms = batch_loss(dit, *validation, seed_step=VAL_SEED_STEP)
+            dit.train(was_training)
+            terms["val_loss"] = val_loss.item()
+            if "mean_loss" in val_terms:
+                terms["val_mean_loss"] = val_terms["mean_loss"]
+        return loss, terms
+
+    def batch_loss(dit, normalized, actions, clip_starts, seed_step: int):
+        """Loss of the clips starting at rows ``clip_starts`` of ``normalized`` (one split)."""
+        starts = torch.as_tensor(clip_starts, device=device)  # (B,)
         rows = (
             starts[:, None] + torch.arange(frames_per_clip, device=device) * config.frame_skip
         )  # (B, T)
@@ -330,7 +355,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
             [null, cond], dim=1
         )  # (B, T, A): frame i is conditioned on the action into it
         generator = torch.Generator(device=device).manual_seed(
-            config.runtime.seed * 1_000_003 + step
+            config.runtime.seed * 1_000_003 + seed_step
         )
         mean_head = getattr(dit, "module", dit).mean_head  # dit may be DDP-wrapped
         if mean_head is None:
@@ -349,6 +374,21 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         return flow_loss + mean_loss, {"mean_loss": mean_loss.item()}
 
     delta_scale = (delta_std / std).to(device) if config.target == "delta" else None
+    validation = None  # (normalised latents, actions, fixed clip starts) of the held-out split
+    if config.val_every and val is not None:
+        val_clips = ClipIndex.build(val, config.history, config.future + unroll, config.frame_skip)
+        if len(val_clips):
+            val_latents = cached_latents(
+                run_dir / "latents_val.safetensors",
+                key,
+                lambda: encode_frames(encoder, adapter, val["frames"], progress=progress),
+            )
+            pick = np.linspace(0, len(val_clips) - 1, min(VAL_CLIPS, len(val_clips))).astype(int)
+            validation = (
+                ((val_latents - mean) / std).to(device),
+                torch.from_numpy(val["actions"]).to(device),
+                val_clips.starts[pick],
+            )
 
     trainer = Trainer(
         model, loss_fn, run_dir, config.optim, config.runtime, run_config=config_dict(config)
