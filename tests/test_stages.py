@@ -459,20 +459,25 @@ def test_fingerprint_of_the_blob_dataset(blob_dataset):
     }
 
 
-def test_dynamics_stage_with_an_unrolled_mean_head(bundle_copy, blob_dataset, tmp_path):
+def run_with_mean_head(bundle, blob_dataset, run_dir, steps: int, **overrides):
+    """Train a tiny DiT with a small mean head for ``steps`` steps; return its loss log."""
     import pandas as pd
 
     config = tiny_dynamics(
-        bundle_copy,
+        bundle,
         blob_dataset,
-        tmp_path / "run",
+        run_dir,
         mean_head_width=8,
         mean_head_depth=1,
-        mean_head_unroll=3,
-        optim=few_steps(steps=3),
+        optim=few_steps(steps=steps),
+        **overrides,
     )
     run_dynamics_stage(config, progress=False)
-    log = pd.read_csv(tmp_path / "run" / "loss.csv")
+    return pd.read_csv(run_dir / "loss.csv")
+
+
+def test_dynamics_stage_with_an_unrolled_mean_head(bundle_copy, blob_dataset, tmp_path):
+    log = run_with_mean_head(bundle_copy, blob_dataset, tmp_path / "run", 3, mean_head_unroll=3)
     assert len(log) == 3 and (log["mean_loss"] > 0).all() and (log["loss"] > log["mean_loss"]).all()
     dynamics = read_config(bundle_copy)["dynamics"]
     assert dynamics["dit"]["mean_head_width"] == 8 and dynamics["dit"]["mean_head_history"] == 2
@@ -486,19 +491,7 @@ def test_dynamics_stage_with_an_unrolled_mean_head(bundle_copy, blob_dataset, tm
 
 
 def test_dynamics_stage_logs_a_held_out_loss(bundle_copy, blob_dataset, tmp_path):
-    import pandas as pd
-
-    config = tiny_dynamics(
-        bundle_copy,
-        blob_dataset,
-        tmp_path / "run",
-        mean_head_width=8,
-        mean_head_depth=1,
-        val_every=2,
-        optim=few_steps(steps=5),
-    )
-    run_dynamics_stage(config, progress=False)
-    log = pd.read_csv(tmp_path / "run" / "loss.csv")
+    log = run_with_mean_head(bundle_copy, blob_dataset, tmp_path / "run", 5, val_every=2)
     assert (tmp_path / "run" / "latents_val.safetensors").exists()
     logged = log.dropna(subset=["val_loss"])
     assert logged["step"].tolist() == [0, 2, 4]  # every val_every steps
