@@ -345,17 +345,25 @@ class WorldModel:
         chunks = raw.split(self.decode_chunk) if self.decode_chunk else (raw,)
         return torch.cat([self._decode_raw(chunk) for chunk in chunks]).float()
 
-    def _start_residual(self, frames, latents: torch.Tensor) -> torch.Tensor | None:
-        """Start frames ``(B, [l,] H, W, 3)`` minus their decoded latents ``(B, L, D)``."""
+    def _start_frames(
+        self, frames, latents: torch.Tensor
+    ) -> tuple[np.ndarray, torch.Tensor | None]:
+        """What episodes starting from ``frames`` ``(B, [l,] H, W, 3)`` with last-frame latents
+        ``(B, L, D)`` show first, and their residual for :meth:`_frames` (None when plain).
+
+        With residual decoding the residual is the start frame (resized as the encoder resizes
+        it) minus its decoded latents, so the first frame shown is the start frame itself.
+        """
+        decoded = self._decode_float(latents)  # (B, H, W, 3)
         if not self.residual_decoding:
-            return None
+            return _to_uint8(decoded), None
+        from train.encoders import resize_and_normalize
+
         last = torch.as_tensor(np.asarray(frames), device=self.device)
         last = (last[:, -1] if last.ndim == 5 else last).float() / 255  # (B, H, W, 3)
-        if tuple(last.shape[1:3]) != tuple(self.image_size):  # as the encoder saw it
-            last = torch.nn.functional.interpolate(
-                last.permute(0, 3, 1, 2), size=self.image_size, mode="bilinear", antialias=True
-            ).permute(0, 2, 3, 1)
-        return last - self._decode_float(latents)
+        last = resize_and_normalize(last, self.image_size, None, None).permute(0, 2, 3, 1)
+        residual = last - decoded
+        return _to_uint8(decoded + residual), residual
 
     def _frames(self, latents: torch.Tensor, residual: torch.Tensor | None) -> np.ndarray:
         """What the episodes show for latents ``(B, L, D)``: residually or plainly decoded."""
@@ -433,11 +441,11 @@ class WorldModel:
         if self.use_cache:
             cache = self.dit.new_cache(window=self.history)
             self._append(cache, latents, conditions)
-        residual = self._start_residual(frames, latents[:, -1])
+        shown, residual = self._start_frames(frames, latents[:, -1])
         self._state = WorldModelState(
             cache, latents, conditions, self._generator_states(seed, batch), 0, residual
         )
-        return self._frames(latents[:, -1], residual)
+        return shown
 
     @torch.no_grad()
     def reset_subset(self, indices, frames, seed: int | list[int] | None = None) -> np.ndarray:
@@ -461,10 +469,10 @@ class WorldModel:
         state.context_actions = state.context_actions.index_copy(0, index, conditions)
         for i, g in zip(index.tolist(), self._generator_states(seed, len(index)), strict=True):
             state.generator_states[i] = g
-        residual = self._start_residual(frames, latents[:, -1])
+        shown, residual = self._start_frames(frames, latents[:, -1])
         if residual is not None:
             state.residual = state.residual.index_copy(0, index, residual)
-        return self._frames(latents[:, -1], residual)
+        return shown
 
     def _append(self, cache, latents: torch.Tensor, conditions: torch.Tensor) -> None:
         t = torch.full(latents.shape[:2], self.scheduler.context_time, device=self.device)
