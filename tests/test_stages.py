@@ -469,8 +469,7 @@ def run_with_mean_head(bundle, blob_dataset, run_dir, steps: int, **overrides):
         run_dir,
         mean_head_width=8,
         mean_head_depth=1,
-        optim=few_steps(steps=steps),
-        **overrides,
+        **{"optim": few_steps(steps=steps), **overrides},
     )
     run_dynamics_stage(config, progress=False)
     return pd.read_csv(run_dir / "loss.csv")
@@ -500,3 +499,50 @@ def test_dynamics_stage_logs_a_held_out_loss(bundle_copy, blob_dataset, tmp_path
     with pytest.raises(ValueError, match="multiple of optim.log_every"):
         tiny_dynamics(bundle_copy, blob_dataset, tmp_path / "r", val_every=3,
                       optim=dataclasses.replace(few_steps(), log_every=2))  # fmt: skip
+
+
+def test_dynamics_stage_fine_tunes_from_another_bundle(bundle_copy, blob_dataset, tmp_path):
+    run_with_mean_head(bundle_copy, blob_dataset, tmp_path / "source-run", 3, mean_head_unroll=2)
+    source = read_config(bundle_copy)
+    tuned = shutil.copytree(bundle_copy, tmp_path / "tuned")
+    nearly_frozen = dataclasses.replace(few_steps(steps=1), lr=1e-12)
+    run_with_mean_head(tuned, blob_dataset, tmp_path / "tune-run", 1, init_from=bundle_copy,
+                       mean_head_unroll=3, optim=nearly_frozen)  # fmt: skip
+    before = load_file(bundle_copy / source["dynamics"]["weights"])
+    after_config = read_config(tuned)
+    after = load_file(tuned / after_config["dynamics"]["weights"])
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    for key in ("latent_mean", "latent_std", "delta_std"):  # the weights' own normalisation
+        assert after_config["dynamics"][key] == source["dynamics"][key]
+    provenance = after_config["dynamics"]["init_from"]
+    assert provenance["steps"] == 3 and provenance["config_sha256"] == bundle_sha256(bundle_copy)
+
+    # a fresh run lands elsewhere: the test above could fail
+    fresh = shutil.copytree(bundle_copy, tmp_path / "fresh")
+    run_with_mean_head(fresh, blob_dataset, tmp_path / "fresh-run", 1, optim=nearly_frozen)
+    fresh_weights = load_file(fresh / read_config(fresh)["dynamics"]["weights"])
+    assert not all(torch.allclose(before[k], fresh_weights[k], atol=1e-6) for k in before)
+
+
+def test_dynamics_stage_init_from_mismatches(bundle_copy, blob_dataset, tmp_path, tiny_bundle):
+    run_with_mean_head(bundle_copy, blob_dataset, tmp_path / "source-run", 1)
+    target = shutil.copytree(bundle_copy, tmp_path / "target")
+    with pytest.raises(ValueError, match="another DiT.*hidden"):
+        run_with_mean_head(
+            target, blob_dataset, tmp_path / "a", 1, init_from=bundle_copy, hidden=32
+        )
+    with pytest.raises(ValueError, match="history"):
+        run_with_mean_head(
+            target, blob_dataset, tmp_path / "b", 1, init_from=bundle_copy, history=3
+        )
+    no_dynamics = shutil.copytree(tiny_bundle, tmp_path / "encoder-only")
+    config = read_config(no_dynamics)
+    if "dynamics" in config:  # the fixture may hold one: strip it
+        config.pop("dynamics")
+        (no_dynamics / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="no trained dynamics"):
+        run_with_mean_head(target, blob_dataset, tmp_path / "c", 1, init_from=no_dynamics)
+    perturb_encoder(target)
+    with pytest.raises(ValueError, match="another latent space"):
+        run_with_mean_head(target, blob_dataset, tmp_path / "d", 1, init_from=bundle_copy)

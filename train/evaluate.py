@@ -159,6 +159,8 @@ def evaluate(config: EvalConfig) -> dict:
             "plain_decoding_ssim": float(plain_roll_ssim.mean()),
             "model_psnr_per_step": roll_psnr.mean(0).round(2).tolist(),
             "copy_psnr_per_step": copy_roll_psnr.mean(0).round(2).tolist(),
+            "model_ssim_per_step": roll_ssim.mean(0).round(3).tolist(),
+            "copy_ssim_per_step": copy_roll_ssim.mean(0).round(3).tolist(),
         },
         "generation_ms_per_frame": round(1000 * model.last_step_seconds / len(episodes), 2),
     }

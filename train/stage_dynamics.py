@@ -27,6 +27,7 @@ from train.loop import (
     pin_run_inputs,
 )
 from wm_env.bundle import (
+    bundle_sha256,
     json_ready,
     latent_space_hashes,
     read_config,
@@ -75,6 +76,10 @@ class DynamicsStageConfig:
         val_every: log the loss on a fixed batch of held-out clips (``val_loss``, and
             ``val_mean_loss`` with the mean head) every this many steps, a multiple of
             ``optim.log_every``; 0 disables it.
+        init_from: a bundle whose dynamics weights start this run (fine-tuning, e.g. a longer
+            ``mean_head_unroll`` on a trained model). Its DiT settings and latent space must
+            match this run's; its latent statistics are kept (the weights were trained with
+            them). The optimiser and learning-rate schedule start afresh.
         run_dir: checkpoints, latent cache, loss log (default ``runs/<bundle name>/dynamics``).
     """
 
@@ -110,6 +115,7 @@ class DynamicsStageConfig:
         )
     )
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    init_from: Path | None = None
     run_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -250,6 +256,41 @@ def unrolled_mean_loss(
     return total
 
 
+STAT_KEYS = ("latent_mean", "latent_std", "delta_std")
+
+
+def _starting_point(config: DynamicsStageConfig, weights: list[str]) -> tuple[dict, dict, str]:
+    """``init_from``'s config, latent statistics and config hash, checked against this run."""
+    source = read_config(config.init_from)
+    section = source.get("dynamics")
+    if section is None:
+        raise ValueError(f"--init-from {config.init_from} has no trained dynamics model")
+    if section.get("encoder_sha256") != weights:
+        raise ValueError(
+            f"--init-from {config.init_from} was trained on another latent space (encoder/adapter "
+            f"weights differ from {config.bundle}'s)"
+        )
+    ours = {"history": config.history, "frame_skip": config.frame_skip, "target": config.target}
+    theirs = {k: section.get(k) for k in ours}
+    if ours != theirs:
+        raise ValueError(f"--init-from {config.init_from} has {theirs}; this run has {ours}")
+    return source, {k: section[k] for k in STAT_KEYS}, bundle_sha256(config.init_from)
+
+
+def _load_starting_weights(model, dit_config, bundle: Path, source: dict) -> None:
+    """Load ``bundle``'s dynamics weights into ``model`` (same architecture, or a clear error)."""
+    from wm_env.bundle import load_weights
+
+    stored = {k: v for k, v in source["dynamics"]["dit"].items() if k != "action_dropout"}
+    ours = {k: v for k, v in json_ready(dataclasses.asdict(dit_config)).items() if k in stored}
+    different = {k: (stored[k], ours[k]) for k in stored if ours.get(k) != stored[k]}
+    if different:
+        raise ValueError(
+            f"--init-from {bundle} has another DiT (setting: (stored, this run)): {different}"
+        )
+    model.load_state_dict(load_weights(bundle, source, "dynamics"))
+
+
 def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Path:
     """Train the DiT; write ``dynamics.safetensors`` and the action statistics into the bundle."""
     from train.dit import DiT, DiTConfig
@@ -278,8 +319,13 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     # clips long enough for the mean head's own rollout (it reads frames after the DiT's clip)
     unroll = config.mean_head_unroll - 1 if config.mean_head_width else 0
     clips = ClipIndex.build(train, config.history, config.future + unroll, config.frame_skip)
-    stats = latent_statistics(
-        latents, clips.starts + (config.history - 1) * config.frame_skip, config.frame_skip
+    start = _starting_point(config, weights) if config.init_from else None
+    stats = (
+        start[1]
+        if start
+        else latent_statistics(
+            latents, clips.starts + (config.history - 1) * config.frame_skip, config.frame_skip
+        )
     )
     mean, std = torch.tensor(stats["latent_mean"]), torch.tensor(stats["latent_std"])
     delta_std = torch.tensor(stats["delta_std"])
@@ -315,6 +361,8 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         mean_head_history=config.history,
     )
     model = DiT(dit_config)
+    if start:
+        _load_starting_weights(model, dit_config, config.init_from, start[0])
     batch = config.optim.batch_size
     frames_per_clip = config.history + config.future
 
@@ -411,6 +459,12 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         "encoder_sha256": weights,
         **stats,
     }
+    if start:  # provenance of a fine-tuned model
+        section["init_from"] = {
+            "bundle": str(config.init_from),
+            "config_sha256": start[2],
+            "steps": start[0]["dynamics"].get("steps"),
+        }
     write_component(config.bundle, "dynamics", section, trained.state_dict())
     low, high = action_bounds(action_stats)
     update_config(
