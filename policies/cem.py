@@ -15,6 +15,7 @@ Three layers, each usable alone:
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections import deque
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from wm_env.world_model import WorldModel, WorldModelState
 
 COSTS = ("l1", "l2", "cosine")
+GOAL_SOURCES = {"expert": "expert"}  # goals a CEMPolicy makes per start (CEMPolicy.for_start)
 
 CostFn = Callable[[np.ndarray], Any]  # (S, H, 7) -> (S,) costs, lower is better
 BatchCostFn = Callable[[np.ndarray], Any]  # (P, S, H, 7) -> (P, S)
@@ -384,7 +386,10 @@ class CEMPolicy:
         model: a :class:`~wm_env.world_model.WorldModel` (its weights are shared, its state is
             not) or a bundle directory (loaded with ``model_options``; default
             ``models/default``).
-        goal: uint8 ``(H, W, 3)`` goal image; or :meth:`set_goal`, or ``obs["goal_image"]``.
+        goal: uint8 ``(H, W, 3)`` goal image; or :meth:`set_goal`, or ``obs["goal_image"]``; or
+            ``"expert"``: each start's goal is the last frame of the full-quality expert's
+            episode from it in the sim (:meth:`for_start`, as the leaderboard runner calls it),
+            so the agent can run in a suite of sim starts next to other policies.
         config: CEM settings (samples, elites, iterations, horizon, bounds, cost, ...), or a
             dict of them (as a suite file gives).
         replan_every: actions executed per plan (``1..horizon``).
@@ -399,7 +404,7 @@ class CEMPolicy:
     def __init__(
         self,
         model: WorldModel | str | os.PathLike = "models/default",
-        goal: np.ndarray | None = None,
+        goal: np.ndarray | str | None = None,
         config: CEMConfig | dict[str, Any] | None = None,
         replan_every: int = 1,
         chunk: bool = False,
@@ -438,8 +443,21 @@ class CEMPolicy:
         self._frames: deque[np.ndarray] = deque(maxlen=self.model.history)
         self._queue: list[np.ndarray] = []
         self._next_mean: np.ndarray | None = None
-        if goal is not None:
+        self.goal_source: str | None = None
+        if isinstance(goal, str):
+            self.goal_source = lookup("goal source", goal, GOAL_SOURCES)
+        elif goal is not None:
             self.set_goal(goal)
+
+    def for_start(self, task: str, seed: int) -> CEMPolicy:
+        """This agent for one sim start ``(task, seed)``: an own copy (plans and frames are per
+        episode); with ``goal="expert"`` it plans towards that start's expert goal image."""
+        from policies.expert_plan import expert_final_frame
+
+        policy = copy.deepcopy(self)
+        if self.goal_source == "expert":
+            policy.set_goal(expert_final_frame(task, seed, resolution=max(self.model.image_size)))
+        return policy
 
     def _model_frame(self, image: np.ndarray) -> np.ndarray:
         from wm_env.envs.starts import resize_frames

@@ -38,7 +38,9 @@ PLAN_VERSION = 1  # bump when the plan format or the planning procedure changes
 DEFAULT_STEPS = 40  # the world-model env's episode length
 CACHE_ENV = "WMGYM_PLAN_CACHE"
 _SIM_SOURCES = ("env.py", "experts.py", "rollout.py", "scene.py", "tasks.py")
-_ENVS: dict[str, Any] = {}  # one sim per family per process (a build takes seconds)
+_ENVS: dict[
+    tuple[str, int], Any
+] = {}  # one sim per (family, resolution) per process (a build takes seconds)
 
 
 def default_cache_dir() -> Path:
@@ -57,14 +59,30 @@ def plan_version() -> str:
     return f"v{PLAN_VERSION}-{digest.hexdigest()[:12]}"
 
 
-def _sim_env(family: str):
-    if family not in _ENVS:
+def _sim_env(family: str, resolution: int = 64):
+    if (family, resolution) not in _ENVS:
         import gymnasium as gym
 
         import wm_env
 
-        _ENVS[family] = gym.make(wm_env.sim_env_id(family), resolution=64)
-    return _ENVS[family]
+        _ENVS[family, resolution] = gym.make(wm_env.sim_env_id(family), resolution=resolution)
+    return _ENVS[family, resolution]
+
+
+def expert_final_frame(
+    family: str, seed: int, resolution: int = 64, num_steps: int = DEFAULT_STEPS
+) -> np.ndarray:
+    """The last frame, uint8 ``(resolution, resolution, 3)``, of the full-quality expert's
+    episode from the sim's start ``(family, seed)``: the scene with the task done (a goal
+    image for planners). The plan is cached like :meth:`ExpertPlanPolicy.for_start`'s; the
+    replay in the sim is exact, so the frame is the same on every call."""
+    family = get_family(family).name
+    plan = ExpertPlanPolicy(quality=1.0, num_steps=num_steps).for_start(family, seed).plan
+    env = _sim_env(family, resolution)
+    obs, _ = env.reset(seed=int(seed))
+    for action in plan:
+        obs, *_ = env.step(action)
+    return np.asarray(obs["image"])
 
 
 def compute_plan(

@@ -456,3 +456,28 @@ def test_controllability_config_and_cli(tiny_bundle, blob_dataset, tmp_path, cap
     )
     assert "Mean absolute error per action dimension" in capsys.readouterr().out
     assert json.loads((out / "controllability.json").read_text())["pairs"] == 3
+
+
+def test_policy_with_expert_goals_plans_per_start(wm, blob_render, monkeypatch):
+    import policies.expert_plan as expert_plan
+    from wm_env.errors import UnknownNameError
+
+    asked = []
+
+    def fake_goal(task, seed, resolution=64, num_steps=40):
+        asked.append((task, seed, resolution))
+        return blob_render((8.0 + 4 * seed, 16.0))
+
+    monkeypatch.setattr(expert_plan, "expert_final_frame", fake_goal)
+    prototype = CEMPolicy(
+        wm, goal="expert", config=CEMConfig(samples=8, elites=2, iterations=1, horizon=2)
+    )
+    assert prototype.goal_latents is None  # goals come per start
+    first, second = prototype.for_start("lift", 0), prototype.for_start("lift", 2)
+    assert asked == [("lift", 0, 32), ("lift", 2, 32)]  # rendered at the model's frame size
+    assert not torch.equal(first.goal_latents, second.goal_latents)
+    assert first.model is not prototype.model and prototype.goal_latents is None
+    first.reset("move the blob")
+    assert first.act(obs_of(blob_render((16.0, 16.0)))).shape == (7,)
+    with pytest.raises(UnknownNameError, match="expert"):
+        CEMPolicy(wm, goal="expret")

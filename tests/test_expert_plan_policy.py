@@ -93,3 +93,22 @@ def test_plan_replayed_in_the_sim_succeeds_and_quality_changes_it(tmp_path, sim_
     assert np.abs(worse.plan - policy.plan[:8]).max() > 0.1  # action noise from the first step
     with pytest.raises(ValueError, match="not 'push'"):
         ExpertPlanPolicy.planned("push", seed=0, cache_dir=False, env=env)
+
+
+@pytest.mark.sim
+def test_expert_final_frame_shows_the_task_done(tmp_path, monkeypatch, sim_env_factory):
+    from policies.expert_plan import expert_final_frame
+
+    monkeypatch.setenv("WMGYM_PLAN_CACHE", str(tmp_path))
+    goal = expert_final_frame("lift", 0, resolution=64, num_steps=20)
+    assert goal.shape == (64, 64, 3) and goal.dtype == np.uint8
+    assert np.array_equal(expert_final_frame("lift", 0, resolution=64, num_steps=20), goal)
+    env = sim_env_factory("lift")  # the same episode, stepped by hand
+    plan = ExpertPlanPolicy(quality=1.0, num_steps=20, cache_dir=tmp_path).for_start("lift", 0)
+    obs, _ = env.reset(seed=0)
+    start = obs["image"]
+    for action in plan.plan:
+        obs, _, _, _, info = env.step(action)
+    assert info["success"] and np.array_equal(obs["image"], goal)
+    assert np.abs(goal.astype(int) - start.astype(int)).mean() > 1.0  # the scene changed
+    assert expert_final_frame("lift", 0, resolution=32, num_steps=20).shape == (32, 32, 3)
