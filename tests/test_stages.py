@@ -546,3 +546,45 @@ def test_dynamics_stage_init_from_mismatches(bundle_copy, blob_dataset, tmp_path
     perturb_encoder(target)
     with pytest.raises(ValueError, match="another latent space"):
         run_with_mean_head(target, blob_dataset, tmp_path / "d", 1, init_from=bundle_copy)
+
+
+def test_dynamics_stage_keeps_the_best_held_out_weights(bundle_copy, blob_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    optim = dataclasses.replace(few_steps(steps=6), lr=3e-3, ema_decay=0.5)
+    log = run_with_mean_head(bundle_copy, blob_dataset, run_dir, 6, val_every=1,
+                             keep_best=True, optim=optim)  # fmt: skip
+    config = read_config(bundle_copy)
+    selected = config["dynamics"]["selected"]
+    best_row = log.loc[log["val_loss"].idxmin()]
+    assert selected["by"] == "val_loss" and selected["step"] == int(best_row["step"])
+    assert selected["val_loss"] == pytest.approx(best_row["val_loss"])
+    written = load_file(bundle_copy / config["dynamics"]["weights"])
+    best = load_file(run_dir / "best.safetensors")
+    assert all(torch.equal(written[k], best[k]) for k in best)
+    with pytest.raises(ValueError, match="val_every"):
+        tiny_dynamics(bundle_copy, blob_dataset, tmp_path / "r", keep_best=True, val_every=0)
+
+
+def test_mean_head_context_noise_applies_in_training_only(bundle_copy, blob_dataset, tmp_path):
+    # from trained weights (an untrained head outputs zeros whatever it reads), nearly frozen
+    run_with_mean_head(bundle_copy, blob_dataset, tmp_path / "source", 3, mean_head_unroll=2)
+    nearly_frozen = dataclasses.replace(few_steps(steps=1), lr=1e-12)
+    runs = {
+        sigma: run_with_mean_head(
+            shutil.copytree(bundle_copy, tmp_path / f"bundle-{sigma}"),
+            blob_dataset,
+            tmp_path / f"run-{sigma}",
+            1,
+            val_every=1,
+            mean_head_unroll=2,
+            mean_head_context_noise=sigma,
+            init_from=bundle_copy,
+            optim=nearly_frozen,
+        )  # fmt: skip
+        for sigma in (0.0, 0.5)
+    }
+    clean, noisy = runs[0.0].iloc[0], runs[0.5].iloc[0]
+    assert noisy["mean_loss"] != pytest.approx(clean["mean_loss"], rel=1e-3)  # noised in training
+    assert noisy["val_mean_loss"] == pytest.approx(clean["val_mean_loss"], rel=1e-6)  # not in val
+    with pytest.raises(ValueError, match="mean_head_context_noise"):
+        tiny_dynamics(bundle_copy, blob_dataset, tmp_path / "r", mean_head_context_noise=-0.1)

@@ -148,7 +148,8 @@ def lr_at(step: int, config: OptimConfig) -> float:
     return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
+    """Whether this process writes files (rank 0 of a DDP run, or the only process)."""
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
@@ -245,13 +246,13 @@ class Trainer:
 
     def checkpoint(self) -> None:
         """Write weights, EMA weights, optimizer state and the step counter atomically."""
-        if not _is_main_process():
+        if not is_main_process():
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        _atomic(self.out / CHECKPOINT_WEIGHTS, lambda p: save_file(_cpu_state(self.model), p))
+        atomic_write(self.out / CHECKPOINT_WEIGHTS, lambda p: save_file(cpu_state(self.model), p))
         if self.ema is not None:
-            _atomic(self.out / CHECKPOINT_EMA, lambda p: save_file(_cpu_state(self.ema), p))
-        _atomic(
+            atomic_write(self.out / CHECKPOINT_EMA, lambda p: save_file(cpu_state(self.ema), p))
+        atomic_write(
             self.out / CHECKPOINT_OPTIMIZER, lambda p: torch.save(self.optimizer.state_dict(), p)
         )
         state = {
@@ -261,7 +262,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state().tolist(),
             "run_config": self.run_config,
         }
-        _atomic(self.out / CHECKPOINT_STATE, lambda p: Path(p).write_text(json.dumps(state)))
+        atomic_write(self.out / CHECKPOINT_STATE, lambda p: Path(p).write_text(json.dumps(state)))
 
     # ------------------------------------------------------------------ training
     @property
@@ -271,9 +272,7 @@ class Trainer:
     def fit(self, progress: bool = True) -> nn.Module:
         """Train until ``optim.steps`` (or the time budget); return the EMA (or raw) model."""
         config = self.optim_config
-        log = (
-            _LossLog(self.out / LOSS_LOG, self.runtime.tensorboard) if _is_main_process() else None
-        )
+        log = _LossLog(self.out / LOSS_LOG, self.runtime.tensorboard) if is_main_process() else None
         bar = tqdm(
             total=config.steps, initial=self.state.step, desc=self.out.name, disable=not progress
         )
@@ -376,7 +375,8 @@ def _identity(run_config: Any) -> Any:
     return run_config
 
 
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict as contiguous CPU tensors (ready for safetensors)."""
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
@@ -391,7 +391,8 @@ def _load_safetensors(path: Path, device: torch.device) -> dict[str, torch.Tenso
         raise CorruptFileError(path, f"cannot read safetensors ({error})") from None
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp")
     write(str(tmp))
     os.replace(tmp, path)

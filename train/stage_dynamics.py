@@ -7,6 +7,7 @@ clips are gathered from the cached latents with vectorised indexing, so the time
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +23,11 @@ from train.loop import (
     OptimConfig,
     RuntimeConfig,
     Trainer,
+    atomic_write,
     batch_rng,
     config_dict,
+    cpu_state,
+    is_main_process,
     pin_run_inputs,
 )
 from wm_env.bundle import (
@@ -73,9 +77,17 @@ class DynamicsStageConfig:
             (1: one step from true frames). Each further step starts from the previous step's
             prediction, detached (the "pushforward" trick), so the head learns to correct the
             drift it causes in long rollouts.
+        mean_head_context_noise: standard deviation of Gaussian noise added to the mean head's
+            context frames in training (normalised latent units): it learns to predict from
+            slightly wrong frames, as in its own rollouts, and overfits the training episodes
+            less. 0 disables it.
         val_every: log the loss on a fixed batch of held-out clips (``val_loss``, and
             ``val_mean_loss`` with the mean head) every this many steps, a multiple of
-            ``optim.log_every``; 0 disables it.
+            ``optim.log_every``; 0 disables it. It is measured on the EMA weights (the ones
+            written to the bundle) when ``optim.ema_decay > 0``.
+        keep_best: write the weights with the lowest ``val_loss`` seen (early stopping) to the
+            bundle instead of the last ones; needs ``val_every``. They are kept in the run
+            directory (``best.safetensors``) as training goes, so a resumed run keeps them.
         init_from: a bundle whose dynamics weights start this run (fine-tuning, e.g. a longer
             ``mean_head_unroll`` on a trained model). Its DiT settings and latent space must
             match this run's; its latent statistics are kept (the weights were trained with
@@ -102,7 +114,9 @@ class DynamicsStageConfig:
     mean_head_width: int = 96
     mean_head_depth: int = 4
     mean_head_unroll: int = 1
+    mean_head_context_noise: float = 0.0
     val_every: int = 500
+    keep_best: bool = False
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
             steps=20000,
@@ -138,6 +152,12 @@ class DynamicsStageConfig:
             )
         if self.mean_head_unroll < 1:
             raise ValueError(f"mean_head_unroll must be >= 1; got {self.mean_head_unroll}")
+        if self.mean_head_context_noise < 0:
+            raise ValueError(
+                f"mean_head_context_noise must be >= 0; got {self.mean_head_context_noise}"
+            )
+        if self.keep_best and not self.val_every:
+            raise ValueError("keep_best picks weights by the held-out loss: set val_every > 0")
 
     def resolved_run_dir(self) -> Path:
         return self.run_dir or Path("runs") / self.bundle.name / "dynamics"
@@ -224,6 +244,7 @@ def unrolled_mean_loss(
     steps: int,
     frame_skip: int,
     delta_scale: torch.Tensor | None,
+    noisy: Callable[[torch.Tensor], torch.Tensor] = lambda context: context,
 ) -> torch.Tensor:
     """Summed MSE of the mean head over ``steps`` more frames of its own rollout.
 
@@ -236,6 +257,8 @@ def unrolled_mean_loss(
             detached (the pushforward trick), and scored against the true frame.
         delta_scale: ``(D,)`` delta units -> normalised latent units for the ``delta`` target;
             None for the ``frame`` target.
+        noisy: context augmentation applied to what the head reads (not to what the next
+            frame is built on).
     """
     context = latents[context_rows]  # (B, l, L, D) true frames
     prediction, total = first, first.new_zeros(())
@@ -248,7 +271,7 @@ def unrolled_mean_loss(
         true_row = context_rows[:, -1] + (k + 1) * frame_skip  # (B,)
         action_rows = (true_row - frame_skip)[:, None, None] + skip  # (B, 1, skip)
         condition = normalize_actions(actions[action_rows], action_stats, frame_skip)[:, 0]
-        prediction = mean_head(context, condition)
+        prediction = mean_head(noisy(context), condition)
         target = latents[true_row]
         if delta_scale is not None:
             target = (target - frame) / delta_scale
@@ -257,6 +280,23 @@ def unrolled_mean_loss(
 
 
 STAT_KEYS = ("latent_mean", "latent_std", "delta_std")
+BEST_WEIGHTS = "best.safetensors"  # in the run directory: the weights with the lowest val_loss
+
+
+def keep_if_best(trainer: Trainer, model: torch.nn.Module, step: int, val_loss: float) -> None:
+    """Save ``model``'s weights to the run directory when ``val_loss`` is the lowest seen.
+
+    The record (step, loss) lives in the trainer's checkpointed state, so a resumed run keeps
+    comparing against it.
+    """
+    best = trainer.state.extra.get("best")
+    if best is not None and best["val_loss"] <= val_loss:
+        return
+    trainer.state.extra["best"] = {"step": int(step), "val_loss": float(val_loss)}
+    if is_main_process():
+        trainer.out.mkdir(parents=True, exist_ok=True)
+        state = cpu_state(getattr(model, "module", model))
+        atomic_write(trainer.out / BEST_WEIGHTS, lambda path: save_file(state, path))
 
 
 def _starting_point(config: DynamicsStageConfig, weights: list[str]) -> tuple[dict, dict, str]:
@@ -371,14 +411,17 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         clip_ids = rng.integers(0, len(clips), batch)
         loss, terms = batch_loss(dit, normalized, actions, clips.starts[clip_ids], step)
         if validation is not None and step % config.val_every == 0:
-            was_training = dit.training
-            dit.eval()  # no action dropout
+            shipped = trainer.ema if trainer.ema is not None else dit  # the weights written out
+            was_training = shipped.training
+            shipped.eval()  # no action dropout, no context noise
             with torch.no_grad():
-                val_loss, val_terms = batch_loss(dit, *validation, seed_step=VAL_SEED_STEP)
-            dit.train(was_training)
+                val_loss, val_terms = batch_loss(shipped, *validation, seed_step=VAL_SEED_STEP)
+            shipped.train(was_training)
             terms["val_loss"] = val_loss.item()
             if "mean_loss" in val_terms:
                 terms["val_mean_loss"] = val_terms["mean_loss"]
+            if config.keep_best:
+                keep_if_best(trainer, shipped, step, terms["val_loss"])
         return loss, terms
 
     def batch_loss(dit, normalized, actions, clip_starts, seed_step: int):
@@ -409,12 +452,20 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         if mean_head is None:
             return training_loss(dit, scheduler, x0, config.history, cond, generator=generator), {}
         # regression of the mean + flow on the residual (train/mean_head.py)
-        mean = mean_head(x0[:, : config.history], cond[:, -1])  # (B, L, D)
+        sigma = config.mean_head_context_noise if mean_head.training else 0.0
+
+        def noisy(context: torch.Tensor) -> torch.Tensor:  # (B, l, L, D), augmented in training
+            if not sigma:
+                return context
+            noise = torch.randn(context.shape, generator=generator, device=context.device)
+            return context + sigma * noise
+
+        mean = mean_head(noisy(x0[:, : config.history]), cond[:, -1])  # (B, L, D)
         mean_loss = F.mse_loss(mean, x0[:, -1])
         if unroll:
             mean_loss = mean_loss + unrolled_mean_loss(
                 mean_head, mean, rows[:, : config.history], normalized, actions, action_stats,
-                unroll, config.frame_skip, delta_scale,
+                unroll, config.frame_skip, delta_scale, noisy,
             )  # fmt: skip
             mean_loss = mean_loss / (1 + unroll)
         x0 = torch.cat([x0[:, :-1], (x0[:, -1] - mean.detach())[:, None]], dim=1)
@@ -443,6 +494,9 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     )
     pin_run_inputs(trainer, weights)
     trained = trainer.fit(progress)
+    best = trainer.state.extra.get("best") if config.keep_best else None
+    if best is not None:
+        trained.load_state_dict(load_file(str(run_dir / BEST_WEIGHTS), device=str(device)))
     section = {
         "dit": json_ready(dataclasses.asdict(dit_config)),
         "scheduler": scheduler_section,
@@ -459,6 +513,8 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         "encoder_sha256": weights,
         **stats,
     }
+    if best is not None:  # early stopping: which weights these are
+        section["selected"] = {"by": "val_loss", **best}
     if start:  # provenance of a fine-tuned model
         section["init_from"] = {
             "bundle": str(config.init_from),
