@@ -220,12 +220,13 @@ class AgreementConfig:
 
     Examples::
 
-        wmgym bench agreement                                    # the default suite
+        wmgym bench agreement                                    # the agreement suite
         wmgym bench agreement --suite my_suite.yaml --out runs/agreement --seeds 0 1 2 3 4 5
     """
 
-    suite: Path = Path(__file__).parent / "suites" / "default.yaml"
-    """the suite file (its world is used for the world-model side)."""
+    suite: Path = Path(__file__).parent / "suites" / "agreement.yaml"
+    """the suite file (its world is used for the world-model side); the default is the default
+    leaderboard suite plus the CEM planning agent."""
     out: Path = Path("outputs/agreement")
     """run directory: sim/ and wm/ hold each world's resumable episode log."""
     seeds: tuple[int, ...] | None = None

@@ -273,3 +273,31 @@ def test_compare_worlds_per_policy_and_bootstrap():
     stats = replay_summary(replays)
     assert stats["hallucinated_success"]["rate"] == 0.5  # 1 of 2 judged (one abstained)
     assert stats["missed_success"]["rate"] == 0.5
+
+
+def test_agreement_suite_is_the_default_suite_plus_the_cem_agent(monkeypatch):
+    from pathlib import Path
+
+    import policies.expert_plan as expert_plan
+    from benchmarks.agreement import AgreementConfig
+    from benchmarks.runner import build_policy_factory
+    from policies.cem import CEMPolicy
+
+    suites = Path(__file__).parents[1] / "benchmarks" / "suites"
+    default, agreement = load_suite(suites / "default.yaml"), load_suite(suites / "agreement.yaml")
+    assert AgreementConfig().suite.resolve() == (suites / "agreement.yaml").resolve()
+    assert agreement.policies[:-1] == default.policies and agreement.policies[-1].name == "cem"
+    for part in ("world", "tasks", "seeds", "conditions", "judge", "episode_length"):
+        assert getattr(agreement, part) == getattr(default, part), part
+
+    asked = []
+
+    def fake_goal(task, seed, resolution=64, num_steps=40):  # the sim is not needed here
+        asked.append((task, seed, resolution))
+        return np.full((resolution, resolution, 3), 40 * seed, np.uint8)
+
+    monkeypatch.setattr(expert_plan, "expert_final_frame", fake_goal)
+    policy = build_policy_factory(agreement)(EpisodeKey("cem", "push", "clean", 2, 0))
+    assert isinstance(policy, CEMPolicy) and policy.name == "cem"
+    assert asked == [("push", 2, 64)] and policy.goal_latents is not None
+    assert policy.replan_every == 4 and policy.config.dims == (0, 1, 2, 6)
