@@ -588,3 +588,20 @@ def test_mean_head_context_noise_applies_in_training_only(bundle_copy, blob_data
     assert noisy["val_mean_loss"] == pytest.approx(clean["val_mean_loss"], rel=1e-6)  # not in val
     with pytest.raises(ValueError, match="mean_head_context_noise"):
         tiny_dynamics(bundle_copy, blob_dataset, tmp_path / "r", mean_head_context_noise=-0.1)
+
+
+def test_rerun_with_other_sampling_settings_rewrites_the_bundle(
+    bundle_copy, blob_dataset, tmp_path
+):
+    config = tiny_dynamics(bundle_copy, blob_dataset, tmp_path / "run", val_every=0)
+    run_dynamics_stage(config, progress=False)
+    first = read_config(bundle_copy)
+    again = dataclasses.replace(config, num_steps=2, temperature=0.25)
+    run_dynamics_stage(again, progress=False)  # finished: resumes, trains nothing
+    second = read_config(bundle_copy)
+    assert (second["dynamics"]["num_steps"], second["dynamics"]["temperature"]) == (2, 0.25)
+    assert second["dynamics"]["steps"] == first["dynamics"]["steps"]
+    weights = first["dynamics"]["weights"]
+    assert second["files"][weights]["sha256"] == first["files"][weights]["sha256"]
+    with pytest.raises(ValueError, match="different configuration"):
+        run_dynamics_stage(dataclasses.replace(config, shift=2.0), progress=False)

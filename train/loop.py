@@ -362,8 +362,20 @@ class _LossLog:
             self.writer_tb.close()
 
 
+# Settings a run may resume with other values of: the time budget and logging cadence, and the
+# sampling settings a dynamics run only stores in its bundle (``num_steps``, ``temperature``),
+# so re-running a finished run with other ones rewrites the bundle without retraining.
 RUN_CONTROL_KEYS = frozenset(
-    {"seconds", "threads", "tensorboard", "checkpoint_every", "log_every", "val_every"}
+    {
+        "seconds",
+        "threads",
+        "tensorboard",
+        "checkpoint_every",
+        "log_every",
+        "val_every",
+        "num_steps",
+        "temperature",
+    }
 )
 
 
