@@ -27,7 +27,7 @@ import wm_env
 RESULTS = Path(__file__).parent / "results"
 
 
-def vector_steps_per_second(bundle: Path, starts, n: int, steps: int) -> float:
+def vector_steps_per_second(bundle: Path, starts, n: int, steps: int, warmup: int) -> float:
     env = gym.make_vec(
         wm_env.WORLD_MODEL_ENV_ID,
         num_envs=n,
@@ -37,14 +37,15 @@ def vector_steps_per_second(bundle: Path, starts, n: int, steps: int) -> float:
     )
     env.reset(seed=0)
     actions = np.zeros((n, 7), dtype=np.float32)
-    env.step(actions)  # warm-up
+    for _ in range(warmup):
+        env.step(actions)
     start = time.perf_counter()
     for _ in range(steps):
         env.step(actions)
     return n * steps / (time.perf_counter() - start)
 
 
-def single_steps_per_second(bundle: Path, starts, n: int, steps: int) -> float:
+def single_steps_per_second(bundle: Path, starts, n: int, steps: int, warmup: int) -> float:
     from wm_env.world_model import WorldModel
 
     envs = [
@@ -53,7 +54,8 @@ def single_steps_per_second(bundle: Path, starts, n: int, steps: int) -> float:
     ]
     for i, env in enumerate(envs):
         env.reset(seed=i)
-        env.step(np.zeros(7, dtype=np.float32))  # warm-up
+        for _ in range(warmup):
+            env.step(np.zeros(7, dtype=np.float32))
     action = np.zeros(7, dtype=np.float32)
     start = time.perf_counter()
     for _ in range(steps):
@@ -69,7 +71,8 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=Path("models/default"))
     parser.add_argument("--starts", default="data/sim64", help="dataset dir or PNG+JSON folder")
     parser.add_argument("--sizes", default="1,4,16,64")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (per env)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
@@ -85,8 +88,8 @@ def main() -> None:
         "sizes": {},
     }
     for n in (int(x) for x in args.sizes.split(",")):
-        vector = vector_steps_per_second(args.bundle, starts, n, args.steps)
-        single = single_steps_per_second(args.bundle, starts, n, max(1, args.steps // 2))
+        vector = vector_steps_per_second(args.bundle, starts, n, args.steps, args.warmup)
+        single = single_steps_per_second(args.bundle, starts, n, args.steps, args.warmup)
         figures["sizes"][str(n)] = {
             "vector_steps_per_s": vector,
             "single_loop_steps_per_s": single,
@@ -98,7 +101,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "vector_figures.json").write_text(json.dumps(figures, indent=2))
     md = [
-        f"Machine: {figures['machine']}; {figures['date']}; bundle {figures['bundle']}.",
+        f"Machine: {figures['machine']}; {figures['date']}; bundle {figures['bundle']}; "
+        f"{args.warmup} warm-up and {args.steps} timed steps per measurement.",
         "",
         "| N | vector env steps/s | N single envs steps/s | speedup |",
         "|---|---|---|---|",
