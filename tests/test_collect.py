@@ -188,3 +188,21 @@ def test_killed_collection_resumes_to_the_same_dataset(sim_available, tmp_path):
         np.testing.assert_array_equal(resumed.actions(ep), clean.actions(ep), err_msg=f"ep {ep}")
         assert resumed.success(ep) == clean.success(ep)
         assert resumed.episode_meta(ep)["start"] == clean.episode_meta(ep)["start"]
+
+
+def test_resumed_dataset_keeps_its_task_indices_when_the_bank_changes(tmp_path, monkeypatch):
+    import pandas as pd
+
+    import wm_env.sim.collect as collect_module
+
+    bank = ["lift the red cube", "push the red cube to the forward", "stack red on blue"]
+    monkeypatch.setattr(collect_module, "all_instructions", lambda: list(bank))
+    assert collect_module.dataset_tasks(tmp_path) == bank  # a new dataset: the bank's order
+    (tmp_path / "meta").mkdir()
+    old = pd.DataFrame({"task_index": [0, 1, 2]}, index=pd.Index(bank, name="task"))
+    old.iloc[::-1].to_parquet(tmp_path / "meta" / "tasks.parquet")  # row order is not the index
+    reworded = ["lift the red cube", "push the red cube to the front", "stack red on blue"]
+    monkeypatch.setattr(collect_module, "all_instructions", lambda: list(reworded))
+    tasks = collect_module.dataset_tasks(tmp_path)
+    assert tasks[:3] == bank  # episodes on disk keep pointing at their instruction
+    assert tasks[3:] == ["push the red cube to the front"]  # the new wording is appended

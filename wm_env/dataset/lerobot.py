@@ -216,7 +216,7 @@ def read_episodes_table(root: Path) -> pd.DataFrame:
     return frame.sort_values("episode_index", kind="stable").reset_index(drop=True)
 
 
-def _load_tasks(root: Path) -> pd.DataFrame:
+def load_tasks(root: Path) -> pd.DataFrame:
     """``meta/tasks.parquet`` as a DataFrame indexed by task string with column ``task_index``."""
     path = Path(root) / TASKS_PATH
     tasks = _read_parquet(path).to_pandas()
@@ -576,7 +576,7 @@ class LeRobotDataset:
         self.info = load_info(self.root)
         self.fps = self.info["fps"]
         self.episodes = read_episodes_table(self.root)
-        self.tasks = _load_tasks(self.root)
+        self.tasks = load_tasks(self.root)
         self._position = {int(e): i for i, e in enumerate(self.episodes["episode_index"])}
         features = self.info["features"]
         self._camera_keys = {

@@ -160,10 +160,25 @@ def record_episode(config: CollectConfig, episode: int) -> EpisodeRecord:
     )
 
 
-def _collect_one(config: CollectConfig, episode: int) -> tuple[int, bool]:
+def dataset_tasks(root: str | Path) -> list[str]:
+    """The task list of a dataset being collected: ``tasks[i]`` is task_index ``i``.
+
+    A dataset that was finalized before keeps its task indices (episodes on disk refer to
+    them), and instructions the sim has gained since (a reworded template) are appended, so a
+    dataset resumed after the instruction bank changed stays consistent.
+    """
+    from wm_env.dataset.lerobot import TASKS_PATH, load_tasks
+
+    if not (Path(root) / TASKS_PATH).exists():
+        return all_instructions()
+    existing = load_tasks(root)["task_index"].sort_values().index.tolist()
+    return existing + [t for t in all_instructions() if t not in set(existing)]
+
+
+def _collect_one(config: CollectConfig, episode: int, tasks: list[str]) -> tuple[int, bool]:
     writer = _writer(config)
     record = record_episode(config, episode)
-    writer.write_episode(record, all_instructions().index(record.instruction))
+    writer.write_episode(record, tasks.index(record.instruction))
     return episode, record.success
 
 
@@ -180,6 +195,7 @@ def collect(config: CollectConfig, progress: bool = True) -> LeRobotDataset:
     """Record the episodes of ``config`` that are not on disk yet, then finalize the dataset."""
     writer = _writer(config)  # also refuses to resume a dataset made with other settings
     writer.remove_partial()
+    tasks = dataset_tasks(config.out)
     pending = sorted(set(range(config.episodes)) - writer.completed_episodes())
     bar = tqdm(
         total=config.episodes,
@@ -190,15 +206,15 @@ def collect(config: CollectConfig, progress: bool = True) -> LeRobotDataset:
     successes = []
     if config.workers == 1 or len(pending) <= 1:
         for episode in pending:
-            successes.append(_collect_one(config, episode)[1])
+            successes.append(_collect_one(config, episode, tasks)[1])
             bar.update()
             bar.set_postfix(success=f"{np.mean(successes):.2f}")
     else:
         with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_collect_one, config, episode) for episode in pending]
+            futures = [pool.submit(_collect_one, config, episode, tasks) for episode in pending]
             for future in as_completed(futures):
                 successes.append(future.result()[1])
                 bar.update()
                 bar.set_postfix(success=f"{np.mean(successes):.2f}")
     bar.close()
-    return writer.finalize(all_instructions())
+    return writer.finalize(tasks)
