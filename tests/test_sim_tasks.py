@@ -236,3 +236,25 @@ def test_unknown_family_suggests_the_closest_name():
         get_family("lfit")
     assert isinstance(info.value, KeyError)
     assert "push" in str(info.value)  # lists the valid names too
+
+
+def test_start_states_recorded_with_the_old_push_direction_name_restore_and_score(sim_env_factory):
+    env = sim_env_factory("push")
+    env.reset(seed=0)
+    start = env.unwrapped.start_state()
+    old = json.loads(json.dumps(start))
+    if old["spec"]["roles"]["direction"] != "front":  # re-record a "front" layout
+        for seed in range(1, 40):
+            env.reset(seed=seed)
+            start = env.unwrapped.start_state()
+            if start["spec"]["roles"]["direction"] == "front":
+                break
+        old = json.loads(json.dumps(start))
+    assert old["spec"]["roles"]["direction"] == "front"
+    old["spec"]["roles"]["direction"] = "forward"  # as datasets recorded before the rename hold
+    _, info_old = env.reset(options={"start": old})
+    _, info_new = env.reset(options={"start": start})
+    assert info_old["success"] == info_new["success"]
+    from wm_env.sim.tasks import direction_vector
+
+    assert direction_vector("forward") == direction_vector("front")

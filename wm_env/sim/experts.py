@@ -18,10 +18,10 @@ import numpy as np
 
 from wm_env.sim.tasks import (
     CUBE_HALF,
-    DIRECTIONS,
     PUSH_TRAVEL,
     TABLE_TOP_Z,
     EpisodeSpec,
+    direction_vector,
     get_family,
 )
 
@@ -272,7 +272,7 @@ class ScriptedExpert:
 
     def _plan_push(self, roles: dict[str, str], state: PrivilegedState) -> list[Phase]:
         target = roles["target"]
-        d = np.array([*DIRECTIONS[roles["direction"]], 0.0])
+        d = np.array([*direction_vector(roles["direction"]), 0.0])
         start = state.object_positions[target].copy()
         push_z = TABLE_TOP_Z + 0.015
         behind = CUBE_HALF + 0.03

@@ -44,6 +44,19 @@ DIRECTIONS: dict[str, tuple[float, float]] = {
     "front": (1.0, 0.0),
     "back": (-1.0, 0.0),
 }
+# Earlier names of a direction: start states recorded before a rename still restore and score.
+DIRECTION_ALIASES = {"forward": "front"}
+
+
+def direction_name(name: str) -> str:
+    """The current name of a push direction (``forward`` -> ``front``)."""
+    return DIRECTION_ALIASES.get(name, name)
+
+
+def direction_vector(name: str) -> tuple[float, float]:
+    """Unit (x, y) table-frame vector of a push direction, by current or earlier name."""
+    return DIRECTIONS[direction_name(name)]
+
 
 # Where objects may be placed (table frame, metres): inside the main camera's clear view.
 WORKSPACE_X = (-0.08, 0.10)  # nearer the robot base the OSC leaves a 1-2 cm offset: grasps slip
@@ -340,7 +353,7 @@ class PushFamily(TaskFamily):
     def success(self, scene, spec):
         pos = scene.object_position(spec.roles["target"])
         start = np.array([float(spec.roles["start_x"]), float(spec.roles["start_y"])])
-        moved = float(np.dot(pos[:2] - start, DIRECTIONS[spec.roles["direction"]]))
+        moved = float(np.dot(pos[:2] - start, direction_vector(spec.roles["direction"])))
         on_table = pos[2] < TABLE_TOP_Z + CUBE_HALF + 0.01
         return bool(moved >= PUSH_DISTANCE and on_table)
 
@@ -349,11 +362,11 @@ class PushFamily(TaskFamily):
 
     def keep_out(self, spec):
         start = np.array([float(spec.roles["start_x"]), float(spec.roles["start_y"])])
-        return _push_corridor(start, np.array(DIRECTIONS[spec.roles["direction"]]))
+        return _push_corridor(start, np.array(direction_vector(spec.roles["direction"])))
 
     def wrong_roles(self, spec, rng):
         if rng.random() < 0.5:
-            wrong = [d for d in DIRECTIONS if d != spec.roles["direction"]]
+            wrong = [d for d in DIRECTIONS if d != direction_name(spec.roles["direction"])]
             return {**spec.roles, "direction": str(rng.choice(wrong))}
         return super().wrong_roles(spec, rng)
 
