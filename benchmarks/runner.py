@@ -263,7 +263,16 @@ class _BrokenPolicy:
 def _run_chunk_in_worker(
     suite_dict: dict, out_dir: str, keys: list[tuple], threads: int
 ) -> list[dict[str, Any]]:
-    """Entry point of worker processes and Ray tasks (plain data in and out)."""
+    """Entry point of worker processes and Ray tasks (plain data in and out).
+
+    A local worker whose parent died (a killed ``wmgym bench`` run) exits instead of running
+    the chunks still queued for it: nobody would record their results.
+    """
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if parent is not None and not parent.is_alive():
+        raise SystemExit("the process that started this worker is gone")
     suite = suite_from_dict(suite_dict)
     runner = _worker_runner(suite, Path(out_dir), threads)
     return runner.run([EpisodeKey(*k) for k in keys])

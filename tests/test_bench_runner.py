@@ -231,3 +231,20 @@ def test_worker_processes_and_ray_give_the_same_rows_as_in_process(tmp_path, sim
     finally:
         ray.shutdown()
     assert _comparable(on_ray) == _comparable(here)
+
+
+def test_a_worker_whose_parent_died_runs_nothing(monkeypatch):
+    import multiprocessing
+
+    from benchmarks import runner
+
+    class DeadParent:
+        def is_alive(self) -> bool:
+            return False
+
+    started = []
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: DeadParent())
+    monkeypatch.setattr(runner, "_worker_runner", lambda *args: started.append(args))
+    with pytest.raises(SystemExit, match="gone"):
+        runner._run_chunk_in_worker({}, "out", [], 1)
+    assert started == []
