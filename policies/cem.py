@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from wm_env.world_model import WorldModel, WorldModelState
 
 COSTS = ("l1", "l2", "cosine")
-GOAL_SOURCES = {"expert": "expert"}  # goals a CEMPolicy makes per start (CEMPolicy.for_start)
+GOAL_SOURCES = ("expert",)  # goals a CEMPolicy makes per start (CEMPolicy.for_start)
 
 CostFn = Callable[[np.ndarray], Any]  # (S, H, 7) -> (S,) costs, lower is better
 BatchCostFn = Callable[[np.ndarray], Any]  # (P, S, H, 7) -> (P, S)
@@ -445,7 +445,7 @@ class CEMPolicy:
         self._next_mean: np.ndarray | None = None
         self.goal_source: str | None = None
         if isinstance(goal, str):
-            self.goal_source = lookup("goal source", goal, GOAL_SOURCES)
+            self.goal_source = lookup("goal source", goal, {g: g for g in GOAL_SOURCES})
         elif goal is not None:
             self.set_goal(goal)
 

@@ -22,6 +22,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,9 +39,8 @@ PLAN_VERSION = 1  # bump when the plan format or the planning procedure changes
 DEFAULT_STEPS = 40  # the world-model env's episode length
 CACHE_ENV = "WMGYM_PLAN_CACHE"
 _SIM_SOURCES = ("env.py", "experts.py", "rollout.py", "scene.py", "tasks.py")
-_ENVS: dict[
-    tuple[str, int], Any
-] = {}  # one sim per (family, resolution) per process (a build takes seconds)
+# one sim per (family, resolution) per process (a build takes seconds)
+_ENVS: dict[tuple[str, int], Any] = {}
 
 
 def default_cache_dir() -> Path:
@@ -69,20 +69,24 @@ def _sim_env(family: str, resolution: int = 64):
     return _ENVS[family, resolution]
 
 
+@functools.cache
 def expert_final_frame(
     family: str, seed: int, resolution: int = 64, num_steps: int = DEFAULT_STEPS
 ) -> np.ndarray:
     """The last frame, uint8 ``(resolution, resolution, 3)``, of the full-quality expert's
     episode from the sim's start ``(family, seed)``: the scene with the task done (a goal
     image for planners). The plan is cached like :meth:`ExpertPlanPolicy.for_start`'s; the
-    replay in the sim is exact, so the frame is the same on every call."""
+    replay in the sim is exact, so the frame is the same on every call (and is cached per
+    process, read-only: a suite asks for each start's goal once per episode)."""
     family = get_family(family).name
     plan = ExpertPlanPolicy(quality=1.0, num_steps=num_steps).for_start(family, seed).plan
     env = _sim_env(family, resolution)
     obs, _ = env.reset(seed=int(seed))
     for action in plan:
         obs, *_ = env.step(action)
-    return np.asarray(obs["image"])
+    frame = np.array(obs["image"])
+    frame.flags.writeable = False
+    return frame
 
 
 def compute_plan(

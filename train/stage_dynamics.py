@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from wm_env.bundle import (
     bundle_sha256,
     json_ready,
     latent_space_hashes,
+    load_weights,
     read_config,
     update_config,
     write_component,
@@ -299,7 +301,15 @@ def keep_if_best(trainer: Trainer, model: torch.nn.Module, step: int, val_loss: 
         atomic_write(trainer.out / BEST_WEIGHTS, lambda path: save_file(state, path))
 
 
-def _starting_point(config: DynamicsStageConfig, weights: list[str]) -> tuple[dict, dict, str]:
+class StartingPoint(NamedTuple):
+    """The bundle a fine-tuning run starts from (``init_from``)."""
+
+    config: dict  # its config.json
+    stats: dict  # its latent statistics (STAT_KEYS)
+    config_sha256: str
+
+
+def _starting_point(config: DynamicsStageConfig, weights: list[str]) -> StartingPoint:
     """``init_from``'s config, latent statistics and config hash, checked against this run."""
     source = read_config(config.init_from)
     section = source.get("dynamics")
@@ -314,13 +324,13 @@ def _starting_point(config: DynamicsStageConfig, weights: list[str]) -> tuple[di
     theirs = {k: section.get(k) for k in ours}
     if ours != theirs:
         raise ValueError(f"--init-from {config.init_from} has {theirs}; this run has {ours}")
-    return source, {k: section[k] for k in STAT_KEYS}, bundle_sha256(config.init_from)
+    return StartingPoint(
+        source, {k: section[k] for k in STAT_KEYS}, bundle_sha256(config.init_from)
+    )
 
 
 def _load_starting_weights(model, dit_config, bundle: Path, source: dict) -> None:
     """Load ``bundle``'s dynamics weights into ``model`` (same architecture, or a clear error)."""
-    from wm_env.bundle import load_weights
-
     stored = {k: v for k, v in source["dynamics"]["dit"].items() if k != "action_dropout"}
     ours = {k: v for k, v in json_ready(dataclasses.asdict(dit_config)).items() if k in stored}
     different = {k: (stored[k], ours[k]) for k in stored if ours.get(k) != stored[k]}
@@ -359,10 +369,10 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     # clips long enough for the mean head's own rollout (it reads frames after the DiT's clip)
     unroll = config.mean_head_unroll - 1 if config.mean_head_width else 0
     clips = ClipIndex.build(train, config.history, config.future + unroll, config.frame_skip)
-    start = _starting_point(config, weights) if config.init_from else None
+    source = _starting_point(config, weights) if config.init_from else None
     stats = (
-        start[1]
-        if start
+        source.stats
+        if source
         else latent_statistics(
             latents, clips.starts + (config.history - 1) * config.frame_skip, config.frame_skip
         )
@@ -401,8 +411,8 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         mean_head_history=config.history,
     )
     model = DiT(dit_config)
-    if start:
-        _load_starting_weights(model, dit_config, config.init_from, start[0])
+    if source:
+        _load_starting_weights(model, dit_config, config.init_from, source.config)
     batch = config.optim.batch_size
     frames_per_clip = config.history + config.future
 
@@ -515,11 +525,11 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     }
     if best is not None:  # early stopping: which weights these are
         section["selected"] = {"by": "val_loss", **best}
-    if start:  # provenance of a fine-tuned model
+    if source:  # provenance of a fine-tuned model
         section["init_from"] = {
             "bundle": str(config.init_from),
-            "config_sha256": start[2],
-            "steps": start[0]["dynamics"].get("steps"),
+            "config_sha256": source.config_sha256,
+            "steps": source.config["dynamics"].get("steps"),
         }
     write_component(config.bundle, "dynamics", section, trained.state_dict())
     low, high = action_bounds(action_stats)

@@ -362,8 +362,7 @@ class WorldModel:
         last = torch.as_tensor(np.asarray(frames), device=self.device)
         last = (last[:, -1] if last.ndim == 5 else last).float() / 255  # (B, H, W, 3)
         last = resize_and_normalize(last, self.image_size, None, None).permute(0, 2, 3, 1)
-        residual = last - decoded
-        return _to_uint8(decoded + residual), residual
+        return _to_uint8(last), last - decoded
 
     def _frames(self, latents: torch.Tensor, residual: torch.Tensor | None) -> np.ndarray:
         """What the episodes show for latents ``(B, L, D)``: residually or plainly decoded."""

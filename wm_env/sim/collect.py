@@ -172,7 +172,8 @@ def dataset_tasks(root: str | Path) -> list[str]:
     if not (Path(root) / TASKS_PATH).exists():
         return all_instructions()
     existing = load_tasks(root)["task_index"].sort_values().index.tolist()
-    return existing + [t for t in all_instructions() if t not in set(existing)]
+    known = set(existing)
+    return existing + [t for t in all_instructions() if t not in known]
 
 
 def _collect_one(config: CollectConfig, episode: int, tasks: list[str]) -> tuple[int, bool]:
