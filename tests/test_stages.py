@@ -14,6 +14,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 import train.stage_adapter
@@ -21,6 +22,7 @@ import train.stage_decoder
 import train.stage_dynamics
 from train.data import DataConfig, dataset_fingerprint, load_split
 from train.evaluate import EvalConfig, evaluate
+from train.latent_cache import episode_hashes
 from train.loop import CHECKPOINT_STATE, LOSS_LOG, OptimConfig
 from train.stage_adapter import AdapterStageConfig, run_adapter_stage
 from train.stage_decoder import DecoderStageConfig, run_decoder_stage
@@ -221,7 +223,7 @@ def test_dynamics_stage_latent_cache(bundle_copy, blob_dataset, tmp_path, spy):
     config = tiny_dynamics(bundle_copy, blob_dataset, run_dir, val_every=0)  # train cache only
     run_dynamics_stage(config, progress=False)
     assert len(calls) == 1
-    cache = run_dir / "latents_train.safetensors"
+    cache = run_dir / "latents.safetensors"
     assert cache.exists()
     # the cache holds the encoder's latents of the training frames
     bundle_config = read_config(bundle_copy)
@@ -230,7 +232,10 @@ def test_dynamics_stage_latent_cache(bundle_copy, blob_dataset, tmp_path, spy):
     adapter = build_adapter_from_config(bundle_config, bundle_copy)
     with torch.no_grad():
         expected = adapter.encode(encoder.encode(torch.from_numpy(train_arrays["frames"][:5])))
-    assert torch.allclose(load_file(str(cache))["latents"][:5], expected, atol=1e-5)
+    with safe_open(str(cache), framework="pt") as f:  # one entry per episode, by content
+        assert len(f.keys()) == len(train_arrays["episode_ids"])
+        first_episode = f.get_tensor(episode_hashes(train_arrays)[0])
+    assert torch.allclose(first_episode[:5], expected, atol=1e-5)
     # the same inputs: the cache is reused
     run_dynamics_stage(config, progress=False)
     assert len(calls) == 1
@@ -346,7 +351,7 @@ def test_adapter_stage(bundle_copy, blob_dataset, tmp_path, name):
         latents = adapter.encode(encoder.encode(torch.zeros(3, 32, 32, 3, dtype=torch.uint8)))
         assert latents.shape == (3, 16, 2)
         assert adapter.decode(latents).shape == (3, 16, 4)
-    assert (tmp_path / "run" / "features_train.safetensors").exists()
+    assert (tmp_path / "run" / "features.safetensors").exists()
 
 
 def test_adapter_stage_identity_and_missing_encoder(bundle_copy, tmp_path):
@@ -491,7 +496,8 @@ def test_dynamics_stage_with_an_unrolled_mean_head(bundle_copy, blob_dataset, tm
 
 def test_dynamics_stage_logs_a_held_out_loss(bundle_copy, blob_dataset, tmp_path):
     log = run_with_mean_head(bundle_copy, blob_dataset, tmp_path / "run", 5, val_every=2)
-    assert (tmp_path / "run" / "latents_val.safetensors").exists()
+    with safe_open(str(tmp_path / "run" / "latents.safetensors"), framework="pt") as f:
+        assert len(f.keys()) == 6  # the 5 training and 1 held-out blob episodes in one cache
     logged = log.dropna(subset=["val_loss"])
     assert logged["step"].tolist() == [0, 2, 4]  # every val_every steps
     assert (logged["val_loss"] > 0).all() and (logged["val_mean_loss"] > 0).all()

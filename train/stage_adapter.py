@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from train.data import DataConfig, dataset_fingerprint, load_split
+from train.data import DataConfig, load_split
+from train.latent_cache import cached_episode_latents
 from train.loop import (
     OptimConfig,
     RuntimeConfig,
@@ -16,7 +17,7 @@ from train.loop import (
     config_dict,
     pin_run_inputs,
 )
-from train.stage_dynamics import cached_latents, encode_frames
+from train.stage_dynamics import encode_frames
 from wm_env.bundle import read_config, write_component
 from wm_env.world_model import build_encoder_from_config
 
@@ -70,11 +71,11 @@ def run_adapter_stage(config: AdapterStageConfig, progress: bool = True) -> Path
         for f in sorted(bundle_config["files"])
         if f.split(".")[0] == "encoder"
     ]
-    key = f"{dataset_fingerprint(dataset)}|{bundle_config['encoder']}|{weights}|features"
-    features = cached_latents(
-        config.resolved_run_dir() / "features_train.safetensors",
-        key,
-        lambda: encode_frames(encoder, IdentityAdapter(in_dim), train["frames"], progress=progress),
+    features = cached_episode_latents(
+        config.resolved_run_dir() / "features.safetensors",
+        f"{bundle_config['encoder']}|{weights}|features",
+        train,
+        lambda frames: encode_frames(encoder, IdentityAdapter(in_dim), frames, progress=progress),
     )
     features = features.to(device)  # (N, L, D_in)
     total = config.optim.steps

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.data import DataConfig, dataset_fingerprint, load_split
+from train.data import DataConfig, load_split
+from train.latent_cache import cached_episode_latents
 from train.loop import (
     OptimConfig,
     RuntimeConfig,
@@ -22,7 +23,7 @@ from train.loop import (
     config_dict,
     pin_run_inputs,
 )
-from train.stage_dynamics import cached_latents, encode_frames
+from train.stage_dynamics import encode_frames
 from wm_env.bundle import json_ready, latent_space_hashes, read_config, write_component
 from wm_env.world_model import build_adapter_from_config, build_encoder_from_config
 
@@ -68,11 +69,11 @@ def run_decoder_stage(config: DecoderStageConfig, progress: bool = True) -> Path
     dataset, train, _ = load_split(config.data, progress)
     frames = train["frames"]  # (N, H, W, 3) uint8
     weights = latent_space_hashes(bundle_config)  # sections alone do not pin the weights
-    key = f"{dataset_fingerprint(dataset)}|{bundle_config['encoder']}|{bundle_config.get('adapter')}|{weights}"
-    latents = cached_latents(
-        config.resolved_run_dir() / "latents_train.safetensors",
-        key,
-        lambda: encode_frames(encoder, adapter, frames, progress=progress),
+    latents = cached_episode_latents(
+        config.resolved_run_dir() / "latents.safetensors",
+        f"{bundle_config['encoder']}|{bundle_config.get('adapter')}|{weights}",
+        train,
+        lambda frames: encode_frames(encoder, adapter, frames, progress=progress),
     ).to(device)
     h, w = bundle_config["encoder"]["grid"]
     levels = int(np.log2(frames.shape[1] // h))

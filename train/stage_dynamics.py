@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from train.clips import ClipIndex
 from train.data import DataConfig, dataset_fingerprint, load_split
+from train.latent_cache import cached_episode_latents
 from train.loop import (
     OptimConfig,
     RuntimeConfig,
@@ -357,12 +358,17 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     dataset, train, val = load_split(config.data, progress)
     run_dir = config.resolved_run_dir()
     weights = latent_space_hashes(bundle_config)
-    key = f"{dataset_fingerprint(dataset)}|{bundle_config['encoder']}|{bundle_config.get('adapter')}|{weights}"
-    latents = cached_latents(
-        run_dir / "latents_train.safetensors",
-        key,
-        lambda: encode_frames(encoder, adapter, train["frames"], progress=progress),
-    )
+    space = f"{bundle_config['encoder']}|{bundle_config.get('adapter')}|{weights}"
+
+    def encoded(arrays) -> torch.Tensor:  # (N, L, D) latents of a split, cached per episode
+        return cached_episode_latents(
+            run_dir / "latents.safetensors",
+            space,
+            arrays,
+            lambda frames: encode_frames(encoder, adapter, frames, progress=progress),
+        )
+
+    latents = encoded(train)
     tokens, channels = latents.shape[1:]
     grid = tuple(bundle_config["encoder"]["grid"])
 
@@ -487,11 +493,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     if config.val_every and val is not None:
         val_clips = ClipIndex.build(val, config.history, config.future + unroll, config.frame_skip)
         if len(val_clips):
-            val_latents = cached_latents(
-                run_dir / "latents_val.safetensors",
-                key,
-                lambda: encode_frames(encoder, adapter, val["frames"], progress=progress),
-            )
+            val_latents = encoded(val)
             pick = np.linspace(0, len(val_clips) - 1, min(VAL_CLIPS, len(val_clips))).astype(int)
             validation = (
                 ((val_latents - mean) / std).to(device),

@@ -32,8 +32,9 @@ from judges.probe import (
     uniform_frame_indices,
 )
 from train.data import DataConfig, dataset_fingerprint, load_split
+from train.latent_cache import cached_episode_latents
 from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict, pin_run_inputs
-from train.stage_dynamics import cached_latents, encode_frames
+from train.stage_dynamics import encode_frames
 from wm_env.bundle import latent_space_hashes, read_config, write_component
 from wm_env.world_model import build_adapter_from_config, build_encoder_from_config
 
@@ -182,13 +183,14 @@ def run_probe_stage(config: ProbeStageConfig, progress: bool = True) -> Path:
     dataset, train, val = load_split(config.data, progress)
     weights = latent_space_hashes(bundle_config)
     run_dir = config.resolved_run_dir()
-    key = f"{dataset_fingerprint(dataset)}|{bundle_config['encoder']}|{bundle_config.get('adapter')}|{weights}"
+    space = f"{bundle_config['encoder']}|{bundle_config.get('adapter')}|{weights}"
 
-    def labelled(arrays, split: str) -> tuple[torch.Tensor, LabelledEpisodes]:
-        raw = cached_latents(
-            run_dir / f"latents_{split}.safetensors",
-            f"{key}|{config.data.val_fraction}|{config.data.split_seed}|{split}",
-            lambda: encode_frames(encoder, adapter, arrays["frames"], progress=progress),
+    def labelled(arrays) -> tuple[torch.Tensor, LabelledEpisodes]:
+        raw = cached_episode_latents(
+            run_dir / "latents.safetensors",
+            space,
+            arrays,
+            lambda frames: encode_frames(encoder, adapter, frames, progress=progress),
         )
         ids = [
             instruction_ids(dataset.instruction(int(e)), config.probe.instruction)
@@ -202,13 +204,13 @@ def run_probe_stage(config: ProbeStageConfig, progress: bool = True) -> Path:
             np.stack(ids).astype(np.int64),
         )
 
-    raw, episodes = labelled(train, "train")
+    raw, episodes = labelled(train)
     mean = raw.mean(dim=(0, 1))
     std = raw.std(dim=(0, 1)).clamp_min(1e-4)
     episodes.latents = ((raw - mean) / std).to(device)  # (N, L, D)
     held_out = None
     if val is not None:
-        raw_val, held_out = labelled(val, "val")
+        raw_val, held_out = labelled(val)
         held_out.latents = (raw_val - mean) / std
     tokens, channels = raw.shape[1:]
     grid = tuple(bundle_config["encoder"]["grid"])
