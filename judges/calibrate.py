@@ -161,49 +161,64 @@ def replay_actions(
     return out
 
 
-def _cached_replays(
-    config: CalibrateConfig, episodes: list[dict], progress: bool
+def cached_replays(
+    path: Path,
+    bundle: Path,
+    dataset: Path,
+    episodes: list[int],
+    first_frames: np.ndarray,
+    actions: list[np.ndarray],
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    num_steps: int | None = None,
+    temperature: float | None = None,
+    batch: int = 16,
+    progress: bool = True,
 ) -> list[np.ndarray]:
+    """:func:`replay_actions` with ``bundle``'s world model, cached in the npz file ``path``.
+
+    The cache is keyed by the bundle's hash, the dataset, the episode ids, the seed and the
+    sampling settings; any change replays again.
+    """
     from wm_env.bundle import bundle_sha256
     from wm_env.world_model import WorldModel
 
     key = json.dumps(
         {
-            "bundle": bundle_sha256(config.bundle),
-            "episodes": [e["episode"] for e in episodes],
-            "dataset": str(Path(config.data.dataset).resolve()),
-            "seed": config.seed,
-            "num_steps": config.wm_num_steps,
-            "temperature": config.wm_temperature,
+            "bundle": bundle_sha256(bundle),
+            "episodes": episodes,
+            "dataset": str(Path(dataset).resolve()),
+            "seed": seed,
+            "num_steps": num_steps,
+            "temperature": temperature,
         },
         sort_keys=True,
     )
-    path = config.out / "replays.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as cached:
             if str(cached["key"]) == key:
                 return [cached[f"e{i}"] for i in range(len(episodes))]
     wm = WorldModel.from_pretrained(
-        config.bundle,
-        device=config.device,
-        num_steps=config.wm_num_steps,
-        temperature=config.wm_temperature,
+        bundle, device=device, num_steps=num_steps, temperature=temperature
     )
     start = time.perf_counter()
-    replays = replay_actions(
-        wm,
-        np.stack([e["frames"][0] for e in episodes]),
-        [e["actions"] for e in episodes],
-        seed=config.seed,
-        batch=config.replay_batch,
-    )
+    replays = []
+    bar = tqdm(total=len(actions), desc="world-model replays", disable=not progress)
+    for lo in range(0, len(actions), batch):  # batch by batch, for the progress bar
+        chunk = slice(lo, lo + batch)
+        replays += replay_actions(
+            wm, first_frames[chunk], actions[chunk], seed=seed + lo, batch=batch
+        )
+        bar.update(len(actions[chunk]))
+    bar.close()
     if progress:
         frames = sum(len(r) - 1 for r in replays)
         print(
             f"replayed {len(replays)} episodes ({frames} frames) in {time.perf_counter() - start:.1f} s"
         )
-    config.out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".replays.tmp.npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
     np.savez_compressed(tmp, key=np.array(key), **{f"e{i}": r for i, r in enumerate(replays)})
     tmp.replace(path)
     return replays
@@ -276,7 +291,20 @@ def calibrate(
     labels = [e["label"] for e in episodes]
     videos = {"real": [e["frames"] for e in episodes]}
     if config.replay:
-        videos["replay"] = _cached_replays(config, episodes, progress)
+        videos["replay"] = cached_replays(
+            config.out / "replays.npz",
+            config.bundle,
+            config.data.dataset,
+            [e["episode"] for e in episodes],
+            np.stack([e["frames"][0] for e in episodes]),
+            [e["actions"] for e in episodes],
+            seed=config.seed,
+            device=config.device,
+            num_steps=config.wm_num_steps,
+            temperature=config.wm_temperature,
+            batch=config.replay_batch,
+            progress=progress,
+        )
     rows, summary, agreements = [], {}, {}
     for source, clips in videos.items():
         verdicts: dict[str, list[Verdict]] = {}

@@ -212,6 +212,55 @@ def test_trained_probe_separates_the_labels_and_records_its_provenance(
     assert judge.judge(right[:1], INSTRUCTION).success is False  # first frame: still left (x 12)
 
 
+def test_probe_trains_on_world_model_replays_labelled_by_the_recorded_episode(
+    labelled_bundle, labelled_dataset, tmp_path
+):
+    from safetensors import safe_open
+
+    from train.data import DataConfig, load_split
+    from train.stage_probe import ProbeStageConfig, episode_labels, replay_arrays, run_probe_stage
+    from wm_env.bundle import bundle_sha256, read_config, update_config
+    from wm_env.dataset.lerobot import LeRobotDataset
+
+    world_model = shutil.copytree(labelled_bundle, tmp_path / "wm")
+    config = ProbeStageConfig(
+        bundle=labelled_bundle,
+        out=tmp_path / "probe",
+        data=DataConfig(dataset=labelled_dataset, val_fraction=0.25),
+        probe=ProbeConfig(num_frames=4, hidden=32, heads=2, dropout=0.0),
+        optim=quick_optim(20, 3e-3, 32),
+        replay_bundle=world_model,
+        replay_episodes=10,
+        replay_batch=4,
+        run_dir=tmp_path / "run",
+    )
+    section = read_config(run_probe_stage(config, progress=False))["probe"]
+    assert section["replays"] == {
+        "bundle": str(world_model),
+        "bundle_sha256": bundle_sha256(world_model),
+        "episodes": 10,
+    }
+    assert section["metrics"]["val_replay"]["n"] == section["metrics"]["val"]["n"] == 8
+    # one latent cache entry per episode: 24 recorded + 10 replayed training, 8 + 8 held out
+    with safe_open(str(tmp_path / "run" / "latents.safetensors"), framework="pt") as f:
+        assert len(f.keys()) == 24 + 10 + 8 + 8
+    # replays: one generated frame per recorded action, labelled by the recorded frames' flags
+    _, train, _ = load_split(config.data, progress=False)
+    flags = episode_labels(LeRobotDataset(labelled_dataset), train["episode_ids"], train["lengths"])
+    replays, replay_flags = replay_arrays(
+        config, train, flags, tmp_path / "run" / "replays_train.npz", limit=3, progress=False
+    )
+    assert replays["lengths"].tolist() == train["lengths"][:3].tolist()
+    assert replays["frames"].shape == (int(train["lengths"][:3].sum()), SIZE, SIZE, 3)
+    assert replay_flags.tolist() == flags[: int(train["lengths"][:3].sum())].tolist()
+    # a changed world model is another input: the finished run is not reused for it
+    update_config(
+        world_model, dynamics={**read_config(world_model)["dynamics"], "temperature": 0.5}
+    )
+    with pytest.raises(ValueError, match="other inputs"):
+        run_probe_stage(config, progress=False)
+
+
 def test_probe_judge_rejects_bad_input_and_a_changed_encoder(
     trained_probe, labelled_bundle, tmp_path
 ):

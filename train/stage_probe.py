@@ -35,7 +35,7 @@ from train.data import DataConfig, dataset_fingerprint, load_split
 from train.latent_cache import cached_episode_latents
 from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict, pin_run_inputs
 from train.stage_dynamics import encode_frames
-from wm_env.bundle import latent_space_hashes, read_config, write_component
+from wm_env.bundle import bundle_sha256, latent_space_hashes, read_config, write_component
 from wm_env.world_model import build_adapter_from_config, build_encoder_from_config
 
 
@@ -52,7 +52,15 @@ class ProbeStageConfig:
             ``none`` embeddings that instructions outside our templates get).
         frame_loss_weight: weight of the auxiliary loss on per-frame outputs (the success
             predicate at each sampled frame: many more labels than episodes).
-        run_dir: checkpoints, latent cache, loss log (default ``runs/<out name>/probe``).
+        replay_bundle: also train on this world model's replays of the training episodes (each
+            episode's recorded actions from its first frame, as ``wmgym judge calibrate``
+            replays them), labelled with the recorded episode's per-frame success: the probe
+            then learns to judge generated frames (blurred, drifting) by what truly happened.
+            Held-out episodes are replayed too and scored as ``val_replay``.
+        replay_episodes: replay only the first N training episodes (0: all of them).
+        replay_batch: episodes per batched world-model call.
+        run_dir: checkpoints, latent cache, replay cache, loss log (default
+            ``runs/<out name>/probe``).
     """
 
     bundle: Path = Path("models/default")
@@ -76,9 +84,16 @@ class ProbeStageConfig:
         )
     )
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    replay_bundle: Path | None = None
+    replay_episodes: int = 0
+    replay_batch: int = 16
     run_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.replay_episodes < 0 or self.replay_batch < 1:
+            raise ValueError(
+                f"need replay_episodes >= 0 and replay_batch >= 1; got {self.replay_episodes}, {self.replay_batch}"
+            )
         if self.frame_loss_weight < 0:
             raise ValueError(f"frame_loss_weight must be >= 0; got {self.frame_loss_weight}")
         for name in ("prefix_fraction", "instruction_dropout"):
@@ -111,6 +126,16 @@ class LabelledEpisodes:
         """bool ``(E,)``: each episode's label (the predicate at its last frame)."""
         return self.flags[self.starts + self.lengths - 1]
 
+    def extended(self, other: LabelledEpisodes) -> LabelledEpisodes:
+        """These episodes followed by ``other``'s (latents on this one's device)."""
+        return LabelledEpisodes(
+            torch.cat([self.latents, other.latents.to(self.latents.device)]),
+            np.concatenate([self.starts, other.starts + len(self.latents)]),
+            np.concatenate([self.lengths, other.lengths]),
+            np.concatenate([self.flags, other.flags]),
+            np.concatenate([self.instructions, other.instructions]),
+        )
+
 
 def episode_labels(dataset, episode_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """bool ``(N,)`` per-frame success of the episodes, back to back.
@@ -131,6 +156,64 @@ def episode_labels(dataset, episode_ids: np.ndarray, lengths: np.ndarray) -> np.
             per_frame[-1] = label
         flags.append(np.asarray(per_frame, bool))
     return np.concatenate(flags)
+
+
+def replay_arrays(
+    config: ProbeStageConfig,
+    arrays: dict[str, np.ndarray],
+    flags: np.ndarray,
+    path: Path,
+    limit: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """World-model replays of ``arrays``' episodes (the first ``limit``; 0: all), cached at ``path``.
+
+    Args:
+        arrays: ``LeRobotDataset.load_arrays`` output of recorded episodes.
+        flags: bool ``(N,)`` their per-frame success, back to back.
+    Returns:
+        ``load_arrays``-like ``frames``/``starts``/``lengths``/``episode_ids`` of the replays, and
+        their per-frame flags: replay frame ``t`` stands for recorded frame ``t``.
+    """
+    from judges.calibrate import cached_replays
+
+    count = len(arrays["episode_ids"]) if not limit else min(limit, len(arrays["episode_ids"]))
+    starts, lengths = arrays["starts"][:count], arrays["lengths"][:count]
+    actions = [
+        arrays["actions"][s : s + n][arrays["action_valid"][s : s + n]][:, :7]
+        for s, n in zip(starts.tolist(), lengths.tolist(), strict=True)
+    ]
+    replays = cached_replays(
+        path,
+        config.replay_bundle,
+        config.data.dataset,
+        arrays["episode_ids"][:count].tolist(),
+        arrays["frames"][starts],
+        actions,
+        seed=config.runtime.seed,
+        device=config.runtime.device,
+        batch=config.replay_batch,
+        progress=progress,
+    )
+    if replays and replays[0].shape[1:] != arrays["frames"].shape[1:]:
+        raise ValueError(
+            f"{config.replay_bundle} generates {replays[0].shape[1:]} frames but the dataset has "
+            f"{arrays['frames'].shape[1:]}: replay with a world model of the probe's resolution"
+        )
+    replay_lengths = np.array([len(r) for r in replays], dtype=np.int64)  # (E,)
+    if (replay_lengths > lengths).any():
+        raise ValueError(
+            "a replay is longer than its recorded episode (invalid actions mid-episode?)"
+        )
+    replay_flags = np.concatenate(
+        [flags[s : s + n] for s, n in zip(starts.tolist(), replay_lengths.tolist(), strict=True)]
+    )
+    return {
+        "frames": np.concatenate(replays),
+        "starts": np.cumsum(replay_lengths) - replay_lengths,
+        "lengths": replay_lengths,
+        "episode_ids": arrays["episode_ids"][:count],
+    }, replay_flags
 
 
 def sample_frames(
@@ -185,7 +268,7 @@ def run_probe_stage(config: ProbeStageConfig, progress: bool = True) -> Path:
     run_dir = config.resolved_run_dir()
     space = f"{bundle_config['encoder']}|{bundle_config.get('adapter')}|{weights}"
 
-    def labelled(arrays) -> tuple[torch.Tensor, LabelledEpisodes]:
+    def labelled(arrays, flags=None) -> tuple[torch.Tensor, LabelledEpisodes]:
         raw = cached_episode_latents(
             run_dir / "latents.safetensors",
             space,
@@ -200,18 +283,41 @@ def run_probe_stage(config: ProbeStageConfig, progress: bool = True) -> Path:
             raw,
             arrays["starts"],
             arrays["lengths"],
-            episode_labels(dataset, arrays["episode_ids"], arrays["lengths"]),
+            episode_labels(dataset, arrays["episode_ids"], arrays["lengths"])
+            if flags is None
+            else flags,
             np.stack(ids).astype(np.int64),
         )
+
+    def replayed(arrays, recorded: LabelledEpisodes, split: str, limit: int = 0):
+        replays, flags = replay_arrays(
+            config, arrays, recorded.flags, run_dir / f"replays_{split}.npz", limit, progress
+        )
+        raw_replays, episodes = labelled(replays, flags)
+        episodes.latents = (raw_replays - mean) / std
+        return episodes
 
     raw, episodes = labelled(train)
     mean = raw.mean(dim=(0, 1))
     std = raw.std(dim=(0, 1)).clamp_min(1e-4)
     episodes.latents = ((raw - mean) / std).to(device)  # (N, L, D)
-    held_out = None
+    held_out = held_out_replays = None
     if val is not None:
         raw_val, held_out = labelled(val)
         held_out.latents = (raw_val - mean) / std
+    replay_provenance = {}
+    if config.replay_bundle is not None:
+        replays = replayed(train, episodes, "train", config.replay_episodes)
+        replay_provenance = {
+            "replays": {
+                "bundle": str(config.replay_bundle),
+                "bundle_sha256": bundle_sha256(config.replay_bundle),
+                "episodes": len(replays.lengths),
+            }
+        }
+        episodes = episodes.extended(replays)
+        if val is not None:
+            held_out_replays = replayed(val, held_out, "val")
     tokens, channels = raw.shape[1:]
     grid = tuple(bundle_config["encoder"]["grid"])
     if grid[0] * grid[1] != tokens:
@@ -250,12 +356,16 @@ def run_probe_stage(config: ProbeStageConfig, progress: bool = True) -> Path:
     trainer = Trainer(
         model, loss_fn, run_dir, config.optim, config.runtime, run_config=config_dict(config)
     )
-    pin_run_inputs(trainer, weights)
+    pin_run_inputs(
+        trainer, {**replay_provenance, "encoder": weights} if replay_provenance else weights
+    )
     trained = trainer.fit(progress).cpu()
     episodes.latents = episodes.latents.cpu()
     metrics = {"train": evaluate_probe(trained, episodes)}
     if held_out is not None:
         metrics["val"] = evaluate_probe(trained, held_out)
+    if held_out_replays is not None:
+        metrics["val_replay"] = evaluate_probe(trained, held_out_replays)
     section = probe_section(
         trained,
         mean,
@@ -267,6 +377,7 @@ def run_probe_stage(config: ProbeStageConfig, progress: bool = True) -> Path:
         steps=trainer.state.step,
         train_seconds=round(trainer.state.seconds, 1),
         metrics=metrics,
+        **replay_provenance,
     )
     write_component(config.out, PROBE_SECTION, section, trained.state_dict())
     return config.out
