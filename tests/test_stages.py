@@ -591,7 +591,8 @@ def test_mean_head_context_noise_applies_in_training_only(bundle_copy, blob_data
     }
     clean, noisy = runs[0.0].iloc[0], runs[0.5].iloc[0]
     assert noisy["mean_loss"] != pytest.approx(clean["mean_loss"], rel=1e-3)  # noised in training
-    assert noisy["val_mean_loss"] == pytest.approx(clean["val_mean_loss"], rel=1e-6)  # not in val
+    # not in val (rel 1e-4: CPU reduction order may vary between runs; the noise moves it > 1e-3)
+    assert noisy["val_mean_loss"] == pytest.approx(clean["val_mean_loss"], rel=1e-4)
     with pytest.raises(ValueError, match="mean_head_context_noise"):
         tiny_dynamics(bundle_copy, blob_dataset, tmp_path / "r", mean_head_context_noise=-0.1)
 
