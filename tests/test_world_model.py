@@ -371,3 +371,15 @@ def test_loading_a_bundle_without_dynamics_fails(tiny_bundle, tmp_path):
     (bundle / "config.json").write_text(json.dumps(config))
     with pytest.raises(CorruptFileError, match="'dynamics'"):
         WorldModel.from_pretrained(bundle)
+
+
+def test_read_only_frames_encode_without_a_warning(tiny_bundle, starts):
+    import warnings
+
+    wm = WorldModel.from_pretrained(tiny_bundle)
+    frames = np.array(starts)
+    frames.setflags(write=False)  # as a cached goal frame is
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        latents = wm.encode(frames)
+    assert torch.equal(latents, wm.encode(np.array(starts)))

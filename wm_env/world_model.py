@@ -330,7 +330,10 @@ class WorldModel:
     def encode(self, frames) -> torch.Tensor:
         """uint8 frames ``(B, H, W, 3)`` -> normalised latents ``(B, L, D)``."""
         latents = self.adapter.encode(
-            self.encoder.encode(torch.as_tensor(np.asarray(frames), device=self.device))
+            # writable: torch warns on (and must not share) read-only arrays such as cached goals
+            self.encoder.encode(
+                torch.as_tensor(np.require(frames, requirements="W"), device=self.device)
+            )
         )
         return (latents - self.latent_mean) / self.latent_std
 
