@@ -247,8 +247,9 @@ def run_agreement(config: AgreementConfig) -> dict[str, Path]:
     )
     if suite.world.type != "world_model":
         suite = suite.with_world(replace(suite.world, type="world_model"))
+    # the sim keeps the bundle: a planning policy (CEM) plans with it in both worlds
     sim_suite = suite.with_world(
-        WorldSpec(type="sim", bundle=None, resolution=suite.world.resolution)
+        WorldSpec(type="sim", bundle=suite.world.bundle, resolution=suite.world.resolution)
     )
     out = Path(config.out)
     sim_log = run_suite(

@@ -75,13 +75,11 @@ def provenance(suite: Suite, judge_id: str, prompt_hash: str) -> dict[str, Any]:
         package_version = version("wm-gym")
     except PackageNotFoundError:
         package_version = ""
-    bundle = suite.world.bundle if suite.world.type == "world_model" else None
     return {
         "suite": suite.name,
         "suite_sha256": suite.hash(),
         "world": suite.world.type,
-        # config.json lists every weight file's sha256, so its hash identifies the bundle
-        "bundle_sha256": file_sha256(Path(bundle) / "config.json") if bundle else "",
+        "bundle_sha256": bundle_fingerprint(suite),
         "judge": judge_id,
         "judge_prompt_sha256": prompt_hash,
         "seeds": " ".join(str(s) for s in suite.seeds),
@@ -90,16 +88,42 @@ def provenance(suite: Suite, judge_id: str, prompt_hash: str) -> dict[str, Any]:
     }
 
 
+def results_bundle(suite: Suite) -> str | None:
+    """The world-model bundle the suite's results depend on, or None.
+
+    In a world-model world, its bundle; in the sim, the same bundle when a policy plans in it
+    (the CEM agent without its own ``model`` option plans with the suite's bundle).
+    """
+    if suite.world.type == "world_model":
+        return suite.world.bundle
+    plans = any(p.spec == "cem" and "model" not in p.options for p in suite.policies)
+    return suite.world.bundle if plans else None
+
+
+def bundle_fingerprint(suite: Suite) -> str:
+    """sha256 of :func:`results_bundle`'s ``config.json`` (it lists every weight file's sha256)."""
+    bundle = results_bundle(suite)
+    return file_sha256(Path(bundle) / "config.json") if bundle else ""
+
+
 def check_run_dir(out_dir: Path, suite: Suite) -> None:
-    """Refuse to mix episodes of two different suites in one log."""
+    """Refuse to mix episodes of two different suites, or of two versions of its bundle, in one log."""
     run_file = out_dir / RUN_NAME
-    if run_file.exists():
-        recorded = json.loads(run_file.read_text()).get("suite_sha256")
-        if recorded != suite.hash():
-            raise ValueError(
-                f"{out_dir} holds a run of a different suite (sha256 {str(recorded)[:12]} vs "
-                f"{suite.hash()[:12]}): use another --out directory, or delete it to start over"
-            )
+    if not run_file.exists():
+        return
+    recorded = json.loads(run_file.read_text())
+    if recorded.get("suite_sha256") != suite.hash():
+        raise ValueError(
+            f"{out_dir} holds a run of a different suite (sha256 {str(recorded.get('suite_sha256'))[:12]} vs "
+            f"{suite.hash()[:12]}): use another --out directory, or delete it to start over"
+        )
+    bundle = bundle_fingerprint(suite)
+    if recorded.get("bundle_sha256", bundle) != bundle:
+        raise ValueError(
+            f"{out_dir} holds episodes of another version of {results_bundle(suite)} (bundle "
+            f"sha256 {str(recorded['bundle_sha256'])[:12]} vs {bundle[:12]}; retrained since?): use "
+            "another --out directory, or delete it to start over"
+        )
 
 
 # ------------------------------------------------------------------ building blocks
@@ -119,7 +143,10 @@ def build_policy_factory(suite: Suite) -> Callable[[EpisodeKey], Any]:
     def factory(key: EpisodeKey):
         if key.policy not in loaded:
             spec = suite.policy(key.policy)
-            loaded[key.policy] = load_policy(spec.spec, **spec.options)
+            options = dict(spec.options)
+            if spec.spec == "cem" and "model" not in options and suite.world.bundle:
+                options["model"] = suite.world.bundle  # plan in the suite's world model
+            loaded[key.policy] = load_policy(spec.spec, **options)
             loaded[key.policy].name = key.policy
         prototype = loaded[key.policy]
         if hasattr(prototype, "for_start"):

@@ -248,3 +248,52 @@ def test_a_worker_whose_parent_died_runs_nothing(monkeypatch):
     with pytest.raises(SystemExit, match="gone"):
         runner._run_chunk_in_worker({}, "out", [], 1)
     assert started == []
+
+
+def test_a_retrained_bundle_is_not_resumed_into_the_same_log(
+    tiny_bundle, tmp_path, stand_in_judge, sim_available
+):
+    import shutil
+
+    from wm_env.bundle import read_config, update_config
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    suite = wm_suite(bundle, seeds=[0], episode_length=1, conditions=[{"name": "clean"}])
+    out = tmp_path / "run"
+    assert len(run_suite(suite, out, RunOptions(progress=False))) == 2
+    update_config(bundle, dynamics={**read_config(bundle)["dynamics"], "temperature": 0.25})
+    with pytest.raises(ValueError, match="another version of"):
+        run_suite(suite, out, RunOptions(progress=False))
+
+
+def test_cem_plans_in_the_suites_bundle_which_then_pins_sim_results(tmp_path, monkeypatch):
+    import policies.registry
+    from benchmarks.runner import build_policy_factory, bundle_fingerprint, results_bundle
+    from benchmarks.suite import EpisodeKey
+
+    (tmp_path / "config.json").write_text("{}")
+    cem = {"name": "cem", "spec": "cem", "options": {"goal": "expert"}}
+    sim = {"type": "sim", "bundle": str(tmp_path)}
+    with_cem = wm_suite(tmp_path, world=sim, policies=[cem])
+    without = wm_suite(tmp_path, world=sim, policies=[{"name": "random", "spec": "random"}])
+    own_model = wm_suite(tmp_path, world=sim, policies=[{**cem, "options": {"model": "m"}}])
+    assert results_bundle(with_cem) == str(tmp_path)
+    assert results_bundle(without) is None and results_bundle(own_model) is None
+    assert bundle_fingerprint(without) == "" and len(bundle_fingerprint(with_cem)) == 64
+
+    loaded = []
+
+    class Stub:
+        name = "cem"
+
+    def fake_load(spec, **options):
+        loaded.append((spec, options))
+        return Stub()
+
+    monkeypatch.setattr(policies.registry, "load_policy", fake_load)
+    build_policy_factory(with_cem)(EpisodeKey("cem", "lift", "clean", 0, 0))
+    build_policy_factory(own_model)(EpisodeKey("cem", "lift", "clean", 0, 0))
+    assert loaded == [
+        ("cem", {"goal": "expert", "model": str(tmp_path)}),
+        ("cem", {"model": "m"}),
+    ]
