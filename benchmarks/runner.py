@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.episode_log import EpisodeLog
-from benchmarks.suite import EpisodeKey, Suite, suite_from_dict
+from benchmarks.suite import EpisodeKey, PolicySpec, Suite, suite_from_dict
 from benchmarks.worlds import (
     POLICY_SALT,
     EpisodeResult,
@@ -88,6 +88,11 @@ def provenance(suite: Suite, judge_id: str, prompt_hash: str) -> dict[str, Any]:
     }
 
 
+def plans_in_suite_bundle(spec: PolicySpec) -> bool:
+    """Whether the policy plans in the suite's world model (the CEM agent without its own ``model``)."""
+    return spec.spec == "cem" and "model" not in spec.options
+
+
 def results_bundle(suite: Suite) -> str | None:
     """The world-model bundle the suite's results depend on, or None.
 
@@ -96,8 +101,7 @@ def results_bundle(suite: Suite) -> str | None:
     """
     if suite.world.type == "world_model":
         return suite.world.bundle
-    plans = any(p.spec == "cem" and "model" not in p.options for p in suite.policies)
-    return suite.world.bundle if plans else None
+    return suite.world.bundle if any(map(plans_in_suite_bundle, suite.policies)) else None
 
 
 def bundle_fingerprint(suite: Suite) -> str:
@@ -144,8 +148,8 @@ def build_policy_factory(suite: Suite) -> Callable[[EpisodeKey], Any]:
         if key.policy not in loaded:
             spec = suite.policy(key.policy)
             options = dict(spec.options)
-            if spec.spec == "cem" and "model" not in options and suite.world.bundle:
-                options["model"] = suite.world.bundle  # plan in the suite's world model
+            if plans_in_suite_bundle(spec) and suite.world.bundle:
+                options["model"] = suite.world.bundle
             loaded[key.policy] = load_policy(spec.spec, **options)
             loaded[key.policy].name = key.policy
         prototype = loaded[key.policy]

@@ -127,7 +127,12 @@ def score_verdicts(verdicts: list[Verdict], labels, seconds: list[float]) -> dic
 
 # ---------------------------------------------------------------------- replays
 def replay_actions(
-    wm, first_frames: np.ndarray, actions: list[np.ndarray], seed: int = 0, batch: int = 16
+    wm,
+    first_frames: np.ndarray,
+    actions: list[np.ndarray],
+    seed: int = 0,
+    batch: int = 16,
+    progress: bool = False,
 ) -> list[np.ndarray]:
     """World-model replays: episode ``i`` starts from ``first_frames[i]`` and follows ``actions[i]``.
 
@@ -139,10 +144,12 @@ def replay_actions(
         ``E`` uint8 arrays ``(T_i + 1, H', W', 3)``: the start frame as the model sees it, then
         one generated frame per action. Episodes are batched (shorter ones step on zero actions
         past their end; those frames are dropped); episode ``i`` uses noise seed ``seed + i``.
+        ``progress`` shows a bar over episodes.
     """
     if len(first_frames) != len(actions):
         raise ValueError(f"{len(first_frames)} start frames for {len(actions)} action sequences")
     out: list[np.ndarray] = []
+    bar = tqdm(total=len(actions), desc="world-model replays", disable=not progress)
     for lo in range(0, len(actions), batch):
         chunk = actions[lo : lo + batch]
         steps = max(len(a) for a in chunk)
@@ -158,6 +165,8 @@ def replay_actions(
             frames.append(wm.step(padded[:, t]))
         stacked = np.stack(frames, axis=1)  # (b, steps + 1, H, W, 3)
         out.extend(stacked[i, : len(a) + 1] for i, a in enumerate(chunk))
+        bar.update(len(chunk))
+    bar.close()
     return out
 
 
@@ -203,15 +212,7 @@ def cached_replays(
         bundle, device=device, num_steps=num_steps, temperature=temperature
     )
     start = time.perf_counter()
-    replays = []
-    bar = tqdm(total=len(actions), desc="world-model replays", disable=not progress)
-    for lo in range(0, len(actions), batch):  # batch by batch, for the progress bar
-        chunk = slice(lo, lo + batch)
-        replays += replay_actions(
-            wm, first_frames[chunk], actions[chunk], seed=seed + lo, batch=batch
-        )
-        bar.update(len(actions[chunk]))
-    bar.close()
+    replays = replay_actions(wm, first_frames, actions, seed=seed, batch=batch, progress=progress)
     if progress:
         frames = sum(len(r) - 1 for r in replays)
         print(

@@ -105,20 +105,28 @@ def labelled_bundle(labelled_dataset, tmp_path_factory):
     return bundle
 
 
+def tiny_probe_config(bundle, dataset, base, steps: int, **overrides):
+    """A small probe on the labelled data, written to ``base/probe`` (run dir ``base/run``)."""
+    from train.data import DataConfig
+    from train.stage_probe import ProbeStageConfig
+
+    return ProbeStageConfig(
+        bundle=bundle,
+        out=base / "probe",
+        data=DataConfig(dataset=dataset, val_fraction=0.25),
+        probe=ProbeConfig(num_frames=4, hidden=32, heads=2, dropout=0.0),
+        optim=quick_optim(steps, 3e-3, 32),
+        run_dir=base / "run",
+        **overrides,
+    )
+
+
 @pytest.fixture(scope="module")
 def trained_probe(labelled_bundle, labelled_dataset, tmp_path_factory):
-    from train.data import DataConfig
-    from train.stage_probe import ProbeStageConfig, run_probe_stage
+    from train.stage_probe import run_probe_stage
 
     base = tmp_path_factory.mktemp("probe")
-    config = ProbeStageConfig(
-        bundle=labelled_bundle,
-        out=base / "probe",
-        data=DataConfig(dataset=labelled_dataset, val_fraction=0.25),
-        probe=ProbeConfig(num_frames=4, hidden=32, heads=2, dropout=0.0),
-        optim=quick_optim(150, 3e-3, 32),
-        run_dir=base / "run",
-    )
+    config = tiny_probe_config(labelled_bundle, labelled_dataset, base, 150)
     return run_probe_stage(config, progress=False)
 
 
@@ -217,23 +225,16 @@ def test_probe_trains_on_world_model_replays_labelled_by_the_recorded_episode(
 ):
     from safetensors import safe_open
 
-    from train.data import DataConfig, load_split
-    from train.stage_probe import ProbeStageConfig, episode_labels, replay_arrays, run_probe_stage
+    from train.data import load_split
+    from train.stage_probe import episode_labels, replay_arrays, run_probe_stage
     from wm_env.bundle import bundle_sha256, read_config, update_config
     from wm_env.dataset.lerobot import LeRobotDataset
 
     world_model = shutil.copytree(labelled_bundle, tmp_path / "wm")
-    config = ProbeStageConfig(
-        bundle=labelled_bundle,
-        out=tmp_path / "probe",
-        data=DataConfig(dataset=labelled_dataset, val_fraction=0.25),
-        probe=ProbeConfig(num_frames=4, hidden=32, heads=2, dropout=0.0),
-        optim=quick_optim(20, 3e-3, 32),
-        replay_bundle=world_model,
-        replay_episodes=10,
-        replay_batch=4,
-        run_dir=tmp_path / "run",
-    )
+    config = tiny_probe_config(
+        labelled_bundle, labelled_dataset, tmp_path, 20,
+        replay_bundle=world_model, replay_episodes=10, replay_batch=4,
+    )  # fmt: skip
     section = read_config(run_probe_stage(config, progress=False))["probe"]
     assert section["replays"] == {
         "bundle": str(world_model),
