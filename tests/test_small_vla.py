@@ -7,6 +7,7 @@ gripper from step 2 on. Failed episodes carry random actions, so cloning them wo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -41,6 +42,8 @@ TINY = SmallVLAConfig(
     head_hidden=32,
     chunk=3,
     execute=2,
+    time_input=True,  # the frames are static: only the step count says when to close
+    max_steps=STEPS,  # the step input spans [0, 1] over these short episodes
 )
 
 
@@ -291,13 +294,19 @@ def test_stage_rejects_bad_input(squares_dataset, tmp_path):
 
 
 def test_training_learns_to_point_at_the_named_square(squares_dataset, tmp_path):
-    """~300 steps: the cloned policy points at the named square on unseen layouts."""
+    """600 steps: the cloned policy points at the named square on unseen layouts.
+
+    At 300 steps the pointing error and the gripper timing varied across seeds around the
+    thresholds (one seed: error 0.31, gripper right in 68%); at 600 all of 6 seeds pass with margin
+    (error <= 0.18, gripper right in 100%), so another machine's float order cannot flip it.
+    """
     torch.manual_seed(0)
     config = tiny_stage(squares_dataset, tmp_path, snapshot_steps=(20,))
+    config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, steps=600))
     out = run_policy_stage(config, progress=False)
     policy = SmallVLAPolicy.from_pretrained(out)
     early = SmallVLAPolicy.from_pretrained(tmp_path / "policy-step20")
-    assert policy.info["steps"] == 300 and early.info["steps"] == 20
+    assert policy.info["steps"] == 600 and early.info["steps"] == 20
     assert policy.info["episodes"] == 40  # the failed episodes were left out
 
     rng = np.random.default_rng(1)
