@@ -3,11 +3,14 @@ and in the ground-truth sim, at the same resolution, measured in one run.
 
 Usage::
 
-    python -m benchmarks.leaderboard_figures --bundle models/default --judge models/probe
+    python -m benchmarks.leaderboard_figures --bundle models/default --judge models/probe --cores 2
 
 Each measurement runs a fresh suite (random policy, 40-step episodes, lift/push/stack/place
-starts) through ``benchmarks.runner.run_suite`` exactly as ``wmgym bench leaderboard`` does,
-judging included, after a warm-up that renders the starts and loads the models. Writes
+starts, ``--batches`` full batches of N episodes) through ``benchmarks.runner.run_suite``
+exactly as ``wmgym bench leaderboard`` does, loading the models and judging included, for
+each autocast dtype in ``--dtypes``. A warm-up first renders every start the world-model
+measurements use (in the sim, once per suite, cached in its directory) so that they time the
+episodes. Writes
 ``benchmarks/results/leaderboard_figures.{json,md}``.
 """
 
@@ -57,6 +60,8 @@ def main() -> None:
     parser.add_argument("--bundle", default="models/default")
     parser.add_argument("--judge", default="models/probe", help="probe judge directory")
     parser.add_argument("--sizes", default="1,8,32")
+    parser.add_argument("--batches", type=int, default=2, help="batches of N episodes per N")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="world-model autocast dtypes")
     parser.add_argument("--sim-episodes", type=int, default=8)
     parser.add_argument("--length", type=int, default=40)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -80,11 +85,13 @@ def main() -> None:
         "episode_length": args.length,
         "world_model": {},
     }
+    dtypes = args.dtypes.split(",")
+    episodes = {n: max(args.batches * n, 4) for n in sizes}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        starts = tmp / "warm"  # render starts and plans, load models once (not timed)
-        warm = suite_for({"type": "world_model", "bundle": args.bundle, "num_envs": 1}, 4,
-                         args.judge, 1)  # fmt: skip
+        starts = tmp / "warm"  # render every start once and load the models (not timed)
+        warm = suite_for({"type": "world_model", "bundle": args.bundle, "num_envs": 4},
+                         max(episodes.values()), args.judge, 1)  # fmt: skip
         run_suite(suite_from_dict(warm), starts, wm_options)
         sim_world = {"type": "sim", "bundle": None}
         figures["sim"] = episodes_per_minute(
@@ -93,31 +100,36 @@ def main() -> None:
             sim_options,
         )
         print(f"sim: {figures['sim']:.1f} episodes/min")
-        for n in sizes:
-            world = {"type": "world_model", "bundle": args.bundle, "num_envs": n}
-            out = tmp / f"wm{n}"
-            (out / "starts").mkdir(parents=True)
-            for png in (starts / "starts").iterdir():  # reuse the rendered starts
-                (out / "starts" / png.name).write_bytes(png.read_bytes())
-            rate = episodes_per_minute(
-                suite_for(world, max(n, 4), args.judge, args.length), out, wm_options
-            )
-            figures["world_model"][n] = rate
-            print(
-                f"world model N={n}: {rate:.1f} episodes/min ({rate / figures['sim']:.2f}x the sim)"
-            )
+        for dtype in dtypes:
+            for n in sizes:
+                world = {"type": "world_model", "bundle": args.bundle, "num_envs": n}
+                world["dtype"] = dtype
+                out = tmp / f"wm{n}-{dtype}"
+                (out / "starts").mkdir(parents=True)
+                for png in (starts / "starts").iterdir():  # reuse the rendered starts
+                    (out / "starts" / png.name).write_bytes(png.read_bytes())
+                rate = episodes_per_minute(
+                    suite_for(world, episodes[n], args.judge, args.length), out, wm_options
+                )
+                figures["world_model"][f"{n} {dtype}"] = {"n": n, "dtype": dtype, "rate": rate}
+                print(
+                    f"world model N={n} {dtype}: {rate:.1f} episodes/min "
+                    f"({rate / figures['sim']:.2f}x the sim)"
+                )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "leaderboard_figures.json").write_text(json.dumps(figures, indent=1))
     lines = [
         f"Machine: {figures['machine']}; {figures['date']}; bundle {args.bundle}; "
-        f"{args.length}-step episodes, random policy, probe judge included.",
+        f"{args.length}-step episodes, random policy, probe judge included; "
+        f"{args.batches} batches of N episodes per N (at least 4).",
         "",
-        "| world | episodes/min | vs sim |",
-        "|---|---|---|",
-        f"| ground-truth sim (64 px) | {figures['sim']:.1f} | 1.00x |",
+        "| world | dtype | episodes/min | vs sim |",
+        "|---|---|---|---|",
+        f"| ground-truth sim (64 px) | fp64 (MuJoCo) | {figures['sim']:.1f} | 1.00x |",
         *[
-            f"| world model, vector env N={n} | {r:.1f} | {r / figures['sim']:.2f}x |"
-            for n, r in figures["world_model"].items()
+            f"| world model, vector env N={m['n']} | {m['dtype']} | {m['rate']:.1f} | "
+            f"{m['rate'] / figures['sim']:.2f}x |"
+            for m in figures["world_model"].values()
         ],
     ]
     (args.out / "leaderboard_figures.md").write_text("\n".join(lines) + "\n")

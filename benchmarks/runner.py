@@ -233,7 +233,7 @@ def save_episode(out_dir: Path, result: EpisodeResult) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"actions": result.actions}
     if result.key.index < VIDEOS_PER_CELL:
-        arrays["frames"] = result.frames
+        arrays["frames"] = np.asarray(result.frames)
     temporary = path.with_name(path.stem + ".tmp.npz")
     np.savez_compressed(temporary, **arrays)
     os.replace(temporary, path)

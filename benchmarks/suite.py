@@ -53,9 +53,14 @@ class WorldSpec:
     num_envs: int = 16  # world model: episodes advanced together by one batched model call
     temperature: float | None = None  # world model: noise scale (None: the bundle's)
     device: str = "cpu"
+    dtype: str | None = None  # world model: autocast dtype ("bf16", "fp16"; None: float32)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "type", lookup("world type", self.type, _names(WORLD_TYPES)))
+        if self.dtype is not None:
+            from wm_env.world_model import AUTOCAST_DTYPES
+
+            lookup("dtype", self.dtype, AUTOCAST_DTYPES)
         if self.type == "world_model" and not self.bundle:
             raise ValueError("a world_model world needs a 'bundle' directory")
         if self.num_envs < 1:

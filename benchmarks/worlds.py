@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from benchmarks.lazy_frames import LazyFrames
 from benchmarks.suite import ConditionSpec, EpisodeKey, Suite
-from policies.base import check_action
+from policies.base import check_action, uses_image
 
 EDIT_SALT, INSTRUCTION_SALT, MODEL_SALT, POLICY_SALT = 12, 13, 14, 15
 
@@ -30,7 +32,8 @@ class EpisodeResult:
 
     key: EpisodeKey
     instruction: str  # what the policy was told
-    frames: np.ndarray  # uint8 (T + 1, H, W, 3): the start frame and one per step
+    # uint8 (T + 1, H, W, 3): the start frame and one per step (world model: LazyFrames)
+    frames: np.ndarray | LazyFrames
     actions: np.ndarray  # float32 (T, 7) executed actions
     seconds: float
     true_success: bool | None = None  # the sim's predicate at the end (sim only)
@@ -108,10 +111,16 @@ class PolicySlot:
         self.policy = policy
         self.queue: list[np.ndarray] = []
         self.error: str | None = None
+        self.uses_image = uses_image(policy)
         try:
             policy.reset(instruction)
         except Exception as error:  # noqa: BLE001 - any policy failure is recorded, not raised
             self.error = f"{type(error).__name__}: {error}"
+
+    @property
+    def wants_image(self) -> bool:
+        """Whether the next :meth:`act` asks the policy, and the policy reads the image."""
+        return self.error is None and not self.queue and self.uses_image
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
         """The next action; zeros (gripper unchanged) once the policy has failed."""
@@ -127,7 +136,13 @@ class PolicySlot:
 
 # ------------------------------------------------------------------ world model
 class WorldModelWorld:
-    """Runs batches of episodes through the batched vector env (one model call per step)."""
+    """Runs batches of episodes through the batched vector env (one model call per step).
+
+    The vector env resets the batch (starts and per-episode seeds); the steps then go to its
+    model with ``decode=False``, and a frame is decoded only when a policy reads it: the
+    episode's video is a :class:`~benchmarks.lazy_frames.LazyFrames` that decodes the rest
+    when the judge samples it or the video is saved. The frames equal the vector env's.
+    """
 
     def __init__(self, suite: Suite, starts: dict[tuple[str, int], dict[str, Any]]) -> None:
         from wm_env.envs.vector import WorldModelVectorEnv
@@ -137,7 +152,7 @@ class WorldModelWorld:
         self.suite = suite
         self.starts = starts
         self.model = WorldModel.from_pretrained(
-            world.bundle, device=world.device, temperature=world.temperature
+            world.bundle, device=world.device, temperature=world.temperature, dtype=world.dtype
         )
         first = next(iter(starts.values()))
         self.env = WorldModelVectorEnv(
@@ -195,21 +210,44 @@ class WorldModelWorld:
             perturbed_instruction(self.suite, k, s[1]) for k, s in zip(keys, starts, strict=True)
         ]
         slots = [PolicySlot(p, t) for p, t in zip(policies, told, strict=True)]
-        history = [obs["image"][:n]]  # list of (n, H, W, 3)
-        actions = []
-        for _ in range(self.suite.episode_length):
+        residuals = self.model.residuals  # (N, H, W, 3) or None
+        low, high = self.env.single_action_space.low, self.env.single_action_space.high
+        known: list[dict[int, np.ndarray]] = [{} for _ in range(n)]  # frames decoded so far
+        latents, actions = [], []  # per step: (n, L, D), (n, 7)
+        for t in range(self.suite.episode_length):
+            looking = [i for i, slot in enumerate(slots) if slot.wants_image]
+            if looking and t > 0:  # one decoder call for the episodes whose policy looks
+                rows = np.array(looking)
+                shown = self.model.decode(
+                    latents[-1][rows], None if residuals is None else residuals[rows]
+                )
+                for i, frame in zip(looking, shown, strict=True):
+                    known[i][t] = frame
             step_actions = np.zeros((self.batch_size, 7), dtype=np.float32)
             for i, slot in enumerate(slots):
-                step_actions[i] = slot.act({"image": obs["image"][i], "instruction": told[i]})
-            obs, *_ = self.env.step(step_actions)
-            history.append(obs["image"][:n])
+                image = obs["image"][i] if t == 0 else known[i].get(t)
+                step_actions[i] = slot.act({"image": image, "instruction": told[i]})
+            self.model.step(np.clip(step_actions, low, high), decode=False)
+            latents.append(self.model.latest_latents[:n].clone())
             actions.append(step_actions[:n])
         seconds = (time.perf_counter() - started) / n
-        video = np.stack(history, axis=1)  # (n, T + 1, H, W, 3)
+        stacked = torch.stack(latents, dim=1)  # (n, T, L, D)
         acted = np.stack(actions, axis=1)  # (n, T, 7)
         return [
             EpisodeResult(
-                key, told[i], video[i], acted[i], seconds, error=slots[i].error, meta=starts[i][2]
+                key,
+                told[i],
+                LazyFrames(
+                    self.model,
+                    obs["image"][i],
+                    stacked[i],
+                    None if residuals is None else residuals[i].clone(),
+                    known[i],
+                ),
+                acted[i],
+                seconds,
+                error=slots[i].error,
+                meta=starts[i][2],
             )
             for i, key in enumerate(keys)
         ]

@@ -313,15 +313,25 @@ class ProbeJudge:
         return torch.sigmoid(self.probe(latents.to(self.device), instruction.to(self.device)))
 
     def judge(self, frames: np.ndarray, instruction: str) -> Verdict:
-        """The probe's verdict on frames ``(T, H, W, 3)`` (only the sampled ``F`` are encoded)."""
-        frames = check_judge_input(frames, instruction)
+        """The probe's verdict on frames ``(T, H, W, 3)`` (only the sampled ``F`` are encoded).
+
+        ``frames`` may also be a lazily decoded video (``benchmarks.lazy_frames.LazyFrames``):
+        then only the sampled frames are decoded.
+        """
+        count = self.probe.config.num_frames
+        if isinstance(frames, (np.ndarray, list, tuple)):
+            frames = check_judge_input(frames, instruction)
+            total = len(frames)
+            frames = frames[uniform_frame_indices(total, count)]
+        else:  # lazy: read (decode) only the sampled frames
+            total = len(frames)
+            frames = check_judge_input(frames[uniform_frame_indices(total, count)], instruction)
         start = time.perf_counter()
-        shown = uniform_frame_indices(len(frames), self.probe.config.num_frames)
         ids = instruction_ids(instruction, self.probe.config.instruction)
-        latents = self.encode(frames[shown])[None]  # (1, F, L, D)
+        latents = self.encode(frames)[None]  # (1, F, L, D)
         p = float(self.probability(latents, torch.as_tensor(ids)[None])[0])
         self.last_seconds = time.perf_counter() - start
-        rationale = f"probe p(success) {p:.3f} ({len(shown)} frames sampled of {len(frames)}); "
+        rationale = f"probe p(success) {p:.3f} ({count} frames sampled of {total}); "
         rationale += describe_instruction_ids(ids)
         return Verdict(p >= self.threshold, p, rationale)
 

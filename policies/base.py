@@ -4,6 +4,10 @@ A policy is reset with the episode's instruction and then asked for actions on o
 the shared observation space (``wm_env.spaces``): ``{"image": uint8 (H, W, 3), "instruction":
 str}``. It returns one 7-DoF action ``(7,)`` (dx, dy, dz, droll, dpitch, dyaw, gripper) or a
 chunk ``(k, 7)`` that the runner executes in order (see :class:`policies.wrappers.ChunkExecutor`).
+
+A policy whose actions never depend on the image (random, open-loop plans) says so with
+``uses_image = False``; a runner may then pass ``image=None`` and skip rendering that frame (the
+world-model leaderboard skips decoding it).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from wm_env.spaces import ACTION_DIM
 class Policy(Protocol):
     """``reset(instruction)`` at the start of an episode, then ``act(obs) -> (7,) | (k, 7)``.
 
-    ``name`` identifies the policy in results (leaderboard rows).
+    ``name`` identifies the policy in results (leaderboard rows). An optional ``uses_image``
+    attribute (default True, see :func:`uses_image`) says whether ``act`` reads ``obs["image"]``.
     """
 
     name: str
@@ -36,16 +41,27 @@ def check_instruction(instruction: Any) -> str:
     return instruction
 
 
-def check_observation(obs: Any) -> tuple[np.ndarray, str]:
+def uses_image(policy: Any) -> bool:
+    """Whether ``policy.act`` reads ``obs["image"]`` (policies say otherwise with
+    ``uses_image = False``)."""
+    return bool(getattr(policy, "uses_image", True))
+
+
+def check_observation(obs: Any, image: bool = True) -> tuple[np.ndarray | None, str]:
     """Validate a policy's observation; return ``(image uint8 (H, W, 3), instruction)``.
+
+    With ``image=False`` (policies that do not read it) the image may be None or absent, and
+    is then returned as None.
 
     Raises:
         ValueError: no ``image`` key, an image that is not uint8 ``(H, W, 3)``, or an empty
             instruction.
     """
-    if not isinstance(obs, dict) or "image" not in obs:
+    if not isinstance(obs, dict) or ("image" not in obs and image):
         keys = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
         raise ValueError(f"observation must be a dict with an 'image'; got {keys}")
+    if not image and obs.get("image") is None:
+        return None, check_instruction(obs.get("instruction"))
     image = np.asarray(obs["image"])
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"obs['image'] must be uint8 (H, W, 3); got {image.dtype} {image.shape}")

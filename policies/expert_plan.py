@@ -157,6 +157,7 @@ class ExpertPlanPolicy:
         self.cache_dir = cache_dir
         self.plan = None if plan is None else check_action(plan, name="plan")
         self.name = name or f"expert_plan_q{self.quality:g}"
+        self.uses_image = False  # an open-loop plan: the observation is only validated
         self.instruction = instruction
         self._t = 0
 
@@ -252,7 +253,7 @@ class ExpertPlanPolicy:
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
         """The plan's next action, float32 ``(7,)`` (the observation is only validated)."""
-        check_observation(obs)
+        check_observation(obs, image=False)
         if self.plan is None:
             raise ValueError(
                 f"{self.name} has no plan: build one with for_start(family, seed) or from_plan"

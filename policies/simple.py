@@ -29,6 +29,7 @@ class RandomPolicy:
     """
 
     name = "random"
+    uses_image = False
 
     def __init__(
         self,
@@ -45,7 +46,7 @@ class RandomPolicy:
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
         """Return float32 ``(7,)`` uniform in the bounds."""
-        check_observation(obs)
+        check_observation(obs, image=False)
         return self.rng.uniform(self.low, self.high).astype(np.float32)
 
 
@@ -53,6 +54,7 @@ class ZeroPolicy:
     """The do-nothing action: zero end-effector motion with the gripper open (-1)."""
 
     name = "zero"
+    uses_image = False
 
     def reset(self, instruction: str) -> None:
         """Start an episode (the instruction is checked and otherwise ignored)."""
@@ -60,7 +62,7 @@ class ZeroPolicy:
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
         """Return float32 ``(7,)``: six zeros and gripper -1 (open)."""
-        check_observation(obs)
+        check_observation(obs, image=False)
         action = np.zeros(ACTION_DIM, np.float32)
         action[-1] = -1.0
         return action

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import Policy, check_action, check_instruction, check_observation
+from policies.base import Policy, check_action, check_instruction, check_observation, uses_image
 from policies.simple import action_bounds
 from wm_env.spaces import ACTION_DIM
 
@@ -32,6 +32,7 @@ class ChunkExecutor:
         self.policy = policy
         self.execute = None if execute is None else int(execute)
         self.name = f"{policy.name}+chunk{'' if execute is None else self.execute}"
+        self.uses_image = uses_image(policy)
         self._queue: deque[np.ndarray] = deque()
 
     def reset(self, instruction: str) -> None:
@@ -41,7 +42,7 @@ class ChunkExecutor:
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
         """Return the next float32 ``(7,)`` action, querying the inner policy when needed."""
-        check_observation(obs)
+        check_observation(obs, image=self.uses_image)
         if not self._queue:
             chunk = check_action(self.policy.act(obs), self.policy.name)  # (k, 7)
             self._queue.extend(chunk[: self.execute])
@@ -70,6 +71,7 @@ class ActionNoise:
         self.low, self.high = action_bounds(low, high)
         self.rng = np.random.default_rng(seed)
         self.name = f"{policy.name}+noise"
+        self.uses_image = uses_image(policy)
 
     def reset(self, instruction: str) -> None:
         """Reset the inner policy."""
@@ -77,7 +79,7 @@ class ActionNoise:
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
         """Return the inner action(s) plus noise: float32 ``(7,)`` or ``(k, 7)`` like the inner."""
-        check_observation(obs)
+        check_observation(obs, image=self.uses_image)
         raw = self.policy.act(obs)
         action = check_action(raw, self.policy.name)  # (k, 7)
         noisy = action + self.rng.normal(size=action.shape).astype(np.float32) * self.std

@@ -12,6 +12,7 @@ from benchmarks.episode_log import EpisodeLog
 from benchmarks.runner import RunOptions, episode_file, run_suite
 from benchmarks.suite import suite_from_dict
 from judges.base import Verdict
+from policies.base import check_observation
 
 pytestmark = pytest.mark.sim  # starts are rendered by the sim
 
@@ -73,12 +74,13 @@ def test_world_model_suite_runs_batched_and_resumes(
 ):
     from wm_env.world_model import WorldModel
 
-    calls = []
+    calls, decoded = [], []
     original_step = WorldModel.step
 
-    def counting_step(self, actions):
+    def counting_step(self, actions, decode=True):
         calls.append(len(actions))
-        return original_step(self, actions)
+        decoded.append(decode)
+        return original_step(self, actions, decode)
 
     monkeypatch.setattr(WorldModel, "step", counting_step)
     suite = wm_suite(tiny_bundle)
@@ -87,6 +89,7 @@ def test_world_model_suite_runs_batched_and_resumes(
     # one batched model call per step for up to num_envs episodes: 3 conditions x 2 batches
     # (6 episodes per condition in batches of 4) x 3 steps
     assert calls == [4] * (3 * 2 * 3)
+    assert not any(decoded)  # random and zero never look: no frame is decoded while stepping
     rows = {(r["policy"], r["condition"], r["seed"]): r for r in log.rows}
     assert all(
         r["steps"] == 3 and r["error"] is None and r["judge"] == "brightness" for r in log.rows
@@ -119,6 +122,79 @@ def test_world_model_suite_runs_batched_and_resumes(
     # the same out dir with another suite is refused instead of mixing results
     with pytest.raises(ValueError, match="different suite"):
         run_suite(wm_suite(tiny_bundle, seeds=[5]), tmp_path, RunOptions(progress=False))
+
+
+class LookingPolicy:
+    """Keeps every image it is shown; returns chunks of two actions, so it looks every 2 steps."""
+
+    name = "looking"
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def reset(self, instruction):
+        self.seen.clear()
+
+    def act(self, obs):
+        image, _ = check_observation(obs)
+        self.seen.append(image.copy())
+        return np.tile(np.array([0.8, -0.6, 0, 0, 0, 0, 1], np.float32), (2, 1))
+
+
+def test_frames_are_decoded_only_when_read_and_equal_the_vector_envs(
+    tiny_bundle, blob_render, monkeypatch
+):
+    from benchmarks.worlds import MODEL_SALT, WorldModelWorld, episode_seed
+    from wm_env.world_model import WorldModel
+
+    suite = wm_suite(tiny_bundle, conditions=[{"name": "clean"}], seeds=[0, 1], episode_length=5)
+    starts = {
+        ("lift", seed): {"frame": blob_render(xy), "instruction": "lift the red cube"}
+        for seed, xy in ((0, (12.0, 14.0)), (1, (20.0, 18.0)))
+    }
+    world = WorldModelWorld(suite, starts)
+    keys = [k for k in suite.episode_keys() if k.policy == "random"]
+    decoded = []
+    original_decode = WorldModel.decode
+    monkeypatch.setattr(
+        WorldModel,
+        "decode",
+        lambda self, z, r=None: decoded.append(len(z)) or original_decode(self, z, r),
+    )
+    lookers = [LookingPolicy(), LookingPolicy()]
+    results = world.run(keys, lookers)
+    assert decoded == [2, 2]  # steps 2 and 4, both episodes in one call (step 0: the start)
+    assert [r.frames.decoded for r in results] == [3, 3]
+
+    # the vector env, stepped with the same seeds, starts and actions, shows the same frames
+    n = world.batch_size
+    frames = np.stack([world.start_frames(k)[0] for k in keys] * (n // 2))
+    seeds = [episode_seed(suite, k, MODEL_SALT) for k in keys] + [0] * (n - 2)
+    obs, _ = world.env.reset(
+        seed=seeds, options={"frames": frames, "instruction": ["lift the red cube"] * n}
+    )
+    video = [obs["image"][:2]]
+    for t in range(5):
+        actions = np.zeros((n, 7), np.float32)
+        actions[:2] = [r.actions[t] for r in results]
+        obs, *_ = world.env.step(actions)
+        video.append(obs["image"][:2])
+    video = np.stack(video, axis=1)  # (2, 6, H, W, 3)
+    for i, result in enumerate(results):
+        assert max_abs_diff(np.asarray(result.frames), video[i]) <= 1  # decodes the other 3
+        assert len(lookers[i].seen) == 3 and np.array_equal(lookers[i].seen[1], result.frames[2])
+    assert not np.array_equal(video[0, 1], video[0, 0])  # the frames do move
+
+    decoded.clear()  # a blind policy: nothing is decoded until read; the judge reads a few
+    from policies.simple import ZeroPolicy
+
+    blind = world.run(keys, [ZeroPolicy(), ZeroPolicy()])
+    assert decoded == [] and blind[0].frames.decoded == 1
+    assert blind[0].frames[[0, -1]].shape == (2, *video.shape[2:]) and decoded == [1]
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 def test_same_suite_same_results(tiny_bundle, tmp_path, stand_in_judge, sim_available):

@@ -219,6 +219,22 @@ def test_trained_probe_separates_the_labels_and_records_its_provenance(
     assert "family=push color=red direction=right" in yes.rationale
     assert judge.judge(right[:1], INSTRUCTION).success is False  # first frame: still left (x 12)
 
+    class Video:  # a lazily decoded video (benchmarks' LazyFrames): records what is read
+        def __init__(self, frames):
+            self.frames, self.read = frames, []
+
+        def __len__(self):
+            return len(self.frames)
+
+        def __getitem__(self, index):
+            self.read.append(np.arange(len(self.frames))[index])
+            return self.frames[index]
+
+    long = np.concatenate([right, np.repeat(right[-1:], 32, axis=0)])  # 40 frames
+    video = Video(long)
+    assert judge.judge(video, INSTRUCTION) == judge.judge(long, INSTRUCTION)
+    assert len(video.read) == 1 and len(video.read[0]) == judge.probe.config.num_frames < 40
+
 
 def test_probe_trains_on_world_model_replays_labelled_by_the_recorded_episode(
     labelled_bundle, labelled_dataset, tmp_path

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from policies.base import Policy
+from policies.base import Policy, uses_image
 from policies.registry import POLICY_TYPES, load_policy
 from policies.simple import RandomPolicy, ZeroPolicy
 from policies.wrappers import ActionNoise, ChunkExecutor, RecordingPolicy
@@ -77,7 +77,6 @@ def test_zero_policy_keeps_still_with_the_gripper_open():
 
 
 BAD_OBSERVATIONS = {
-    "no image": ({"instruction": "lift the red cube"}, "image"),
     "float image": (
         {"image": np.zeros((8, 8, 3), np.float32), "instruction": "lift"},
         "uint8",
@@ -107,6 +106,25 @@ def test_policies_reject_malformed_observations(make, bad):
     obs, message = BAD_OBSERVATIONS[bad]
     with pytest.raises(ValueError, match=message):
         make().act(obs)
+
+
+def test_blind_policies_may_be_given_no_image():
+    """random, zero (and wrappers of them) declare uses_image = False: runners may skip the image."""
+    for policy in (
+        RandomPolicy(),
+        ZeroPolicy(),
+        ChunkExecutor(ZeroPolicy()),
+        ActionNoise(ZeroPolicy(), std=0.1),
+    ):
+        assert not uses_image(policy)
+        assert policy.act({"image": None, "instruction": "lift the red cube"}).shape == (7,)
+        assert policy.act({"instruction": "lift the red cube"}).shape == (7,)
+    recording = RecordingPolicy(ZeroPolicy())  # keeps the images, so it needs them
+    assert uses_image(recording) and uses_image(ChunkExecutor(recording))
+    with pytest.raises(ValueError, match="image"):
+        recording.act({"instruction": "lift the red cube"})
+    with pytest.raises(ValueError, match="image"):
+        ChunkExecutor(recording).act({"image": None, "instruction": "lift the red cube"})
 
 
 def test_reset_rejects_an_empty_instruction():

@@ -167,6 +167,23 @@ def test_cache_and_no_cache_agree(tiny_bundle, wm, starts):
     assert max_abs_diff(a, b) <= 1  # identical up to a rounding flip
 
 
+def test_bf16_autocasts_sampling_encoding_and_decoding(tiny_bundle, wm, starts):
+    """bf16 runs every forward pass in bfloat16 yet returns float32 latents and close frames."""
+    low = WorldModel.from_pretrained(tiny_bundle, dtype="bf16")
+    latents, low_latents = wm.encode(starts), low.encode(starts)
+    assert low_latents.dtype == torch.float32
+    assert not torch.equal(latents, low_latents)  # the encoder did run in bf16 ...
+    assert torch.allclose(latents, low_latents, atol=0.1)  # ... close to float32
+    decoded, low_decoded = wm.decode(latents), low.decode(latents)
+    assert 0 < np.abs(decoded.astype(int) - low_decoded.astype(int)).mean() < 3
+    a, la = rollout(wm, starts, steps=3, seed=4)
+    b, lb = rollout(low, starts, steps=3, seed=4)
+    assert lb.dtype == torch.float32 and torch.allclose(la, lb, atol=0.25)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 4
+    with pytest.raises(KeyError, match="did you mean 'bf16'"):
+        WorldModel.from_pretrained(tiny_bundle, dtype="bf61")
+
+
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_snapshot_restore_replays_exactly(tiny_bundle, starts, use_cache):
     model = WorldModel.from_pretrained(tiny_bundle, use_cache=use_cache)

@@ -45,6 +45,7 @@ class EvalConfig:
         temperature: scale of the starting noise (default: the bundle's; 0 = deterministic).
         seed: sampling seed.
         device: torch device.
+        dtype: autocast dtype of the model (``bf16``, ``fp16``; float32 when unset).
     """
 
     bundle: Path = Path("models/default")
@@ -58,6 +59,7 @@ class EvalConfig:
     temperature: float | None = None
     seed: int = 0
     device: str = "cpu"
+    dtype: str | None = None
 
 
 def _metrics(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +82,7 @@ def evaluate(config: EvalConfig) -> dict:
         device=config.device,
         num_steps=config.num_steps,
         temperature=config.temperature,
+        dtype=config.dtype,
     )
     dataset = LeRobotDataset(config.data.dataset)
     _, val_ids = split_episodes(
@@ -136,6 +139,7 @@ def evaluate(config: EvalConfig) -> dict:
         "bundle": str(config.bundle),
         "temperature": model.temperature,
         "num_steps": model.num_steps,
+        "dtype": config.dtype or "fp32",
         "residual_decoding": residual_decoding,
         "episodes": len(episodes),
         "one_step": {
@@ -228,7 +232,7 @@ def _markdown(f: dict) -> str:
     o, r = f["one_step"], f["rollout"]
     lines = [
         f"Held-out episodes: {f['episodes']} ({o['clips']} one-step clips); {f['num_steps']} denoising steps, "
-        f"temperature {f['temperature']:g}, {'residual' if f.get('residual_decoding') else 'plain'} decoding "
+        f"{f.get('dtype', 'fp32')}, temperature {f['temperature']:g}, {'residual' if f.get('residual_decoding') else 'plain'} decoding "
         "(the runtime default; the plain column decodes the same latents without the start frame's residual).",
         "",
         "| | world model | world model, plain decoding | copy last frame | autoencoder ceiling |",

@@ -42,6 +42,7 @@ def load_world_model(
     num_steps: int | None = None,
     temperature: float | None = None,
     use_cache: bool = True,
+    dtype: str | None = None,
 ):
     """A :class:`~wm_env.world_model.WorldModel` from a bundle path (or the instance itself)."""
     from wm_env.world_model import WorldModel
@@ -53,7 +54,12 @@ def load_world_model(
             f"model must be a bundle directory or a WorldModel; got {type(model).__name__}"
         )
     return WorldModel.from_pretrained(
-        model, device=device, num_steps=num_steps, temperature=temperature, use_cache=use_cache
+        model,
+        device=device,
+        num_steps=num_steps,
+        temperature=temperature,
+        use_cache=use_cache,
+        dtype=dtype,
     )
 
 
@@ -126,7 +132,8 @@ class WorldModelEnv(gym.Env):
     ## Arguments
     model (bundle directory or WorldModel), starts (dataset dir, PNG+JSON folder, list of
     frames/dicts, or StartSet), render_mode (``"rgb_array"``), num_steps (denoising steps),
-    temperature (noise scale), device, use_cache.
+    temperature (noise scale), device, use_cache, dtype (autocast: ``"bf16"``, ``"fp16"`` or
+    float32 by default).
 
     ``info`` of every step: ``latent`` (L, D) of the new frame, ``generation_seconds``,
     ``denoising_steps``, ``action_clipped``, ``start_id``.
@@ -143,12 +150,13 @@ class WorldModelEnv(gym.Env):
         temperature: float | None = None,
         device: str = "cpu",
         use_cache: bool = True,
+        dtype: str | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be one of {self.metadata['render_modes']}; got {render_mode!r}"
             )
-        self.model = load_world_model(model, device, num_steps, temperature, use_cache)
+        self.model = load_world_model(model, device, num_steps, temperature, use_cache, dtype)
         self.starts = StartSet.load(starts)
         self.render_mode = render_mode
         height, width = self.model.image_size
