@@ -130,6 +130,22 @@ def check_run_dir(out_dir: Path, suite: Suite) -> None:
         )
 
 
+def check_judge(out_dir: Path, judge_id: str, prompt_hash: str) -> None:
+    """Refuse to resume a log judged by another judge (or another version of it: a retrained
+    probe has other weights, a VLM judge another prompt)."""
+    run_file = out_dir / RUN_NAME
+    if not run_file.exists():
+        return
+    recorded = json.loads(run_file.read_text())
+    before = (recorded.get("judge", judge_id), recorded.get("judge_prompt_sha256", prompt_hash))
+    if before != (judge_id, prompt_hash):
+        raise ValueError(
+            f"{out_dir} holds episodes judged by {before[0]} (sha256 {before[1][:12] or '-'}), "
+            f"not {judge_id} (sha256 {prompt_hash[:12] or '-'}; retrained since?): use another "
+            "--out directory, or delete it to start over"
+        )
+
+
 # ------------------------------------------------------------------ building blocks
 def build_policy_factory(suite: Suite) -> Callable[[EpisodeKey], Any]:
     """``factory(key)`` -> a fresh policy object for one episode.
@@ -335,6 +351,7 @@ def run_suite(suite: Suite, out_dir: str | Path, options: RunOptions = RunOption
         judge_id, prompt_hash = runner.judge_id, runner.prompt_hash
     else:
         judge_id, prompt_hash = judge_identity(suite, build_judge(suite))
+    check_judge(out_dir, judge_id, prompt_hash)
     record = {**provenance(suite, judge_id, prompt_hash), "suite_config": suite.to_dict()}
     (out_dir / RUN_NAME).write_text(json.dumps(record, indent=1, default=str))
     if not missing:

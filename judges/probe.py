@@ -220,10 +220,9 @@ class ProbeJudge:
 
     Attributes:
         name: ``probe:<probe directory name>``.
-        prompt_hash: empty (a probe asks no question).
+        prompt_hash: the SHA-256 of the probe's weights. A probe asks no question; its weights
+            decide its verdicts, so results (and resumed runs) tell two probes of one name apart.
     """
-
-    prompt_hash = ""
 
     def __init__(
         self,
@@ -235,6 +234,7 @@ class ProbeJudge:
         name: str = "probe",
         threshold: float = 0.5,
         device: str | torch.device = "cpu",
+        weights_sha256: str = "",
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1); got {threshold}")
@@ -244,6 +244,7 @@ class ProbeJudge:
         self.latent_mean = latent_mean.to(self.device)  # (D,)
         self.latent_std = latent_std.to(self.device)  # (D,)
         self.name, self.threshold = name, threshold
+        self.prompt_hash = weights_sha256
         self.last_seconds = 0.0
 
     @classmethod
@@ -298,6 +299,7 @@ class ProbeJudge:
             name=f"probe:{root.resolve().name}",
             threshold=section.get("threshold", 0.5) if threshold is None else threshold,
             device=device,
+            weights_sha256=config["files"][section["weights"]]["sha256"],
         )
 
     @torch.no_grad()

@@ -122,6 +122,12 @@ def test_world_model_suite_runs_batched_and_resumes(
     # the same out dir with another suite is refused instead of mixing results
     with pytest.raises(ValueError, match="different suite"):
         run_suite(wm_suite(tiny_bundle, seeds=[5]), tmp_path, RunOptions(progress=False))
+    # ... and so is the same suite with a retrained judge (a probe's hash is its weights')
+    retrained = BrightnessJudge()
+    retrained.prompt_hash = "retrained"
+    monkeypatch.setattr(runner_module, "build_judge", lambda suite: retrained)
+    with pytest.raises(ValueError, match="judged by brightness"):
+        run_suite(suite, tmp_path, RunOptions(progress=False))
 
 
 class LookingPolicy:

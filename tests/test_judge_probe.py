@@ -210,7 +210,8 @@ def test_trained_probe_separates_the_labels_and_records_its_provenance(
     assert section["metrics"]["train"]["accuracy"] >= 0.9
     assert section["metrics"]["val"]["n"] == 8  # 25% of 32 episodes held out
     judge = ProbeJudge.from_pretrained(trained_probe)  # finds the bundle from the record
-    assert judge.name == f"probe:{trained_probe.name}" and judge.prompt_hash == ""
+    assert judge.name == f"probe:{trained_probe.name}"
+    assert judge.prompt_hash == read_config(trained_probe)["files"]["probe.safetensors"]["sha256"]
     right = np.stack([render(12 + 2 * t, 16) for t in range(8)])  # ends at x = 26: success
     left = np.stack([render(20 - 2 * t, 16) for t in range(8)])  # ends at x = 6: failure
     yes, no = judge.judge(right, INSTRUCTION), judge.judge(left, INSTRUCTION)
