@@ -8,7 +8,8 @@ Usage::
 Each measurement runs a fresh suite (random policy, 40-step episodes, lift/push/stack/place
 starts, ``--batches`` full batches of N episodes) through ``benchmarks.runner.run_suite``
 exactly as ``wmgym bench leaderboard`` does, loading the models and judging included, for
-each autocast dtype in ``--dtypes``. A warm-up first renders every start the world-model
+each world-model setting in ``--settings`` (an autocast dtype, optionally ``xK`` for K
+denoising steps instead of the bundle's). A warm-up first renders every start the world-model
 measurements use (in the sim, once per suite, cached in its directory) so that they time the
 episodes. Writes
 ``benchmarks/results/leaderboard_figures.{json,md}``.
@@ -46,6 +47,12 @@ def suite_for(world: dict, episodes: int, judge: str, length: int) -> dict:
     }
 
 
+def parse_setting(text: str) -> tuple[str, int | None]:
+    """``"bf16"`` -> ("bf16", None); ``"bf16x2"`` -> ("bf16", 2 denoising steps)."""
+    dtype, _, steps = text.strip().partition("x")
+    return dtype, int(steps) if steps else None
+
+
 def episodes_per_minute(raw: dict, out: Path, options: RunOptions) -> float:
     suite = suite_from_dict(raw)
     started = time.perf_counter()
@@ -61,7 +68,11 @@ def main() -> None:
     parser.add_argument("--judge", default="models/probe", help="probe judge directory")
     parser.add_argument("--sizes", default="1,8,32")
     parser.add_argument("--batches", type=int, default=2, help="batches of N episodes per N")
-    parser.add_argument("--dtypes", default="fp32,bf16", help="world-model autocast dtypes")
+    parser.add_argument(
+        "--settings",
+        default="fp32,bf16,bf16x2",
+        help="world-model settings: autocast dtype, optionally xK for K denoising steps",
+    )
     parser.add_argument("--sim-episodes", type=int, default=8)
     parser.add_argument("--length", type=int, default=40)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -85,7 +96,7 @@ def main() -> None:
         "episode_length": args.length,
         "world_model": {},
     }
-    dtypes = args.dtypes.split(",")
+    settings = [parse_setting(s) for s in args.settings.split(",")]
     episodes = {n: max(args.batches * n, 4) for n in sizes}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -100,20 +111,22 @@ def main() -> None:
             sim_options,
         )
         print(f"sim: {figures['sim']:.1f} episodes/min")
-        for dtype in dtypes:
+        for dtype, num_steps in settings:
+            setting = dtype if num_steps is None else f"{dtype}, {num_steps} steps"
             for n in sizes:
                 world = {"type": "world_model", "bundle": args.bundle, "num_envs": n}
-                world["dtype"] = dtype
-                out = tmp / f"wm{n}-{dtype}"
+                world.update(dtype=dtype, num_steps=num_steps)
+                out = tmp / f"wm{n}-{dtype}-{num_steps}"
                 (out / "starts").mkdir(parents=True)
                 for png in (starts / "starts").iterdir():  # reuse the rendered starts
                     (out / "starts" / png.name).write_bytes(png.read_bytes())
                 rate = episodes_per_minute(
                     suite_for(world, episodes[n], args.judge, args.length), out, wm_options
                 )
-                figures["world_model"][f"{n} {dtype}"] = {"n": n, "dtype": dtype, "rate": rate}
+                figures["world_model"][f"{n} {setting}"] = {"n": n, "setting": setting,
+                                                             "rate": rate}  # fmt: skip
                 print(
-                    f"world model N={n} {dtype}: {rate:.1f} episodes/min "
+                    f"world model N={n} {setting}: {rate:.1f} episodes/min "
                     f"({rate / figures['sim']:.2f}x the sim)"
                 )
     args.out.mkdir(parents=True, exist_ok=True)
@@ -123,11 +136,11 @@ def main() -> None:
         f"{args.length}-step episodes, random policy, probe judge included; "
         f"{args.batches} batches of N episodes per N (at least 4).",
         "",
-        "| world | dtype | episodes/min | vs sim |",
+        "| world | setting | episodes/min | vs sim |",
         "|---|---|---|---|",
         f"| ground-truth sim (64 px) | fp64 (MuJoCo) | {figures['sim']:.1f} | 1.00x |",
         *[
-            f"| world model, vector env N={m['n']} | {m['dtype']} | {m['rate']:.1f} | "
+            f"| world model, vector env N={m['n']} | {m['setting']} | {m['rate']:.1f} | "
             f"{m['rate'] / figures['sim']:.2f}x |"
             for m in figures["world_model"].values()
         ],

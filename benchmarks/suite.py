@@ -54,6 +54,7 @@ class WorldSpec:
     temperature: float | None = None  # world model: noise scale (None: the bundle's)
     device: str = "cpu"
     dtype: str | None = None  # world model: autocast dtype ("bf16", "fp16"; None: float32)
+    num_steps: int | None = None  # world model: denoising steps per frame (None: the bundle's)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "type", lookup("world type", self.type, _names(WORLD_TYPES)))
@@ -65,6 +66,8 @@ class WorldSpec:
             raise ValueError("a world_model world needs a 'bundle' directory")
         if self.num_envs < 1:
             raise ValueError(f"world.num_envs must be >= 1; got {self.num_envs}")
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ValueError(f"world.num_steps must be >= 1; got {self.num_steps}")
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,11 @@ class WorldModelWorld:
         self.suite = suite
         self.starts = starts
         self.model = WorldModel.from_pretrained(
-            world.bundle, device=world.device, temperature=world.temperature, dtype=world.dtype
+            world.bundle,
+            device=world.device,
+            temperature=world.temperature,
+            dtype=world.dtype,
+            num_steps=world.num_steps,
         )
         first = next(iter(starts.values()))
         self.env = WorldModelVectorEnv(

@@ -80,6 +80,7 @@ def test_episodes_beyond_the_seeds_cycle_with_new_indices():
         ({"tasks": ["lfit"]}, "lift"),  # did you mean
         ({"world": {"type": "simulator"}}, "sim"),
         ({"world": {"type": "world_model", "dtype": "bf61"}}, "did you mean 'bf16'"),
+        ({"world": {"type": "world_model", "num_steps": 0}}, "num_steps"),
         ({"conditions": [{"name": "x", "type": "distractor"}]}, "distractors"),
         ({"policies": [{"name": "a", "spec": "random"}, {"name": "a", "spec": "zero"}]}, "unique"),
         ({"seeds": []}, "at least one"),
