@@ -235,8 +235,8 @@ class AgreementConfig:
     """override the world-model bundle."""
     workers: int = 1
     """local worker processes for the sim side."""
-    threads: int = 1
-    """torch threads per process."""
+    threads: int | None = None
+    """torch threads per process (default: the machine's cores shared among the processes)."""
 
 
 def run_agreement(config: AgreementConfig) -> dict[str, Path]:

@@ -49,8 +49,8 @@ class LeaderboardConfig:
     """run chunks as Ray tasks: ``local`` (start Ray here), ``auto`` or a cluster address."""
     retry_errors: bool = False
     """re-run episodes whose row records an error (a server that was down)."""
-    threads: int = 1
-    """torch threads per process (one is fastest on small CPUs)."""
+    threads: int | None = None
+    """torch threads per process (default: the machine's cores shared among the processes)."""
 
 
 def configured_suite(config: LeaderboardConfig) -> Suite:

@@ -46,7 +46,14 @@ class RunOptions:
     ray_address: str | None = None  # "auto", "local" or a cluster address: run chunks on Ray
     retry_errors: bool = False  # also re-run episodes whose row is an error
     progress: bool = True
-    threads: int = 1  # torch threads per process
+    threads: int | None = None  # torch threads per process (None: cores / local processes)
+
+    @property
+    def torch_threads(self) -> int:
+        """``threads``, or the machine's cores shared among the local processes."""
+        if self.threads:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) // max(self.workers, 1))
 
 
 # ------------------------------------------------------------------ provenance
@@ -346,7 +353,7 @@ def run_suite(suite: Suite, out_dir: str | Path, options: RunOptions = RunOption
     log = EpisodeLog(out_dir / LOG_NAME)
     missing = log.missing(suite.episode_keys(), retry_errors=options.retry_errors)
     local = options.workers <= 1 and options.ray_address is None
-    runner = ChunkRunner(suite, out_dir, options.threads) if local or not missing else None
+    runner = ChunkRunner(suite, out_dir, options.torch_threads) if local or not missing else None
     if runner is not None:
         judge_id, prompt_hash = runner.judge_id, runner.prompt_hash
     else:
@@ -403,7 +410,7 @@ def _run_in_processes(suite, out_dir, todo, options: RunOptions, take) -> None:
                 suite.to_dict(),
                 str(out_dir),
                 [k.as_tuple() for k in chunk],
-                options.threads,
+                options.torch_threads,
             )
             for chunk in todo
         ]
@@ -421,9 +428,10 @@ def _run_on_ray(suite, out_dir, todo, options: RunOptions, take) -> None:
     if not ray.is_initialized():
         address = None if options.ray_address == "local" else options.ray_address
         ray.init(address=address, num_cpus=None if address else max(options.workers, 1))
-    task = ray.remote(num_cpus=options.threads or 1)(_run_chunk_in_worker)
+    threads = options.threads or 1  # a Ray task reserves this many CPUs and uses as many threads
+    task = ray.remote(num_cpus=threads)(_run_chunk_in_worker)
     pending = [
-        task.remote(suite.to_dict(), str(out_dir), [k.as_tuple() for k in chunk], options.threads)
+        task.remote(suite.to_dict(), str(out_dir), [k.as_tuple() for k in chunk], threads)
         for chunk in todo
     ]
     while pending:

@@ -303,3 +303,15 @@ def test_agreement_suite_is_the_default_suite_plus_the_cem_agent(monkeypatch):
     assert isinstance(policy, CEMPolicy) and policy.name == "cem"
     assert asked == [("push", 2, 64)] and policy.goal_latents is not None
     assert policy.replan_every == 4 and policy.config.dims == (0, 1, 2, 6)
+
+
+def test_run_options_share_the_machines_cores_among_processes(monkeypatch):
+    import os
+
+    from benchmarks.runner import RunOptions
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert RunOptions().torch_threads == 8
+    assert RunOptions(workers=2).torch_threads == 4
+    assert RunOptions(workers=16).torch_threads == 1
+    assert RunOptions(threads=3, workers=2).torch_threads == 3
