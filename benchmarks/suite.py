@@ -43,6 +43,9 @@ def _names(names) -> dict[str, str]:
     return {n: n for n in names}
 
 
+LATER_WORLD_OPTIONS = ("dtype", "num_steps")  # see Suite.hash
+
+
 @dataclass(frozen=True)
 class WorldSpec:
     """Where episodes run: a world-model bundle or the ground-truth sim."""
@@ -173,8 +176,16 @@ class Suite:
         return asdict(self)
 
     def hash(self) -> str:
-        """sha256 of the suite's canonical JSON (provenance)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        """sha256 of the suite's canonical JSON (provenance).
+
+        World options added after the first release count only when set, so that a suite
+        that does not use them keeps its hash and its run directories stay resumable.
+        """
+        data = self.to_dict()
+        for name in LATER_WORLD_OPTIONS:
+            if data["world"][name] is None:
+                del data["world"][name]
+        text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def with_world(self, world: WorldSpec) -> Suite:

@@ -315,3 +315,18 @@ def test_run_options_share_the_machines_cores_among_processes(monkeypatch):
     assert RunOptions(workers=2).torch_threads == 4
     assert RunOptions(workers=16).torch_threads == 1
     assert RunOptions(threads=3, workers=2).torch_threads == 3
+
+
+def test_world_options_added_later_change_the_hash_only_when_set():
+    """Run directories made before dtype/num_steps existed stay resumable."""
+    import hashlib
+    import json
+
+    suite = suite_from_dict(SUITE)
+    before = suite.to_dict()
+    del before["world"]["dtype"], before["world"]["num_steps"]  # the suite as it was hashed then
+    text = json.dumps(before, sort_keys=True, default=str)
+    assert suite.hash() == hashlib.sha256(text.encode()).hexdigest()
+    for option in ({"dtype": "bf16"}, {"num_steps": 2}):
+        changed = suite_from_dict({**SUITE, "world": {**SUITE["world"], **option}})
+        assert changed.hash() != suite.hash()
