@@ -28,8 +28,6 @@ class LazyFrames:
         known: frames already decoded during the episode, by index (1..T).
     """
 
-    dtype = np.dtype(np.uint8)
-
     def __init__(
         self,
         model,
@@ -50,10 +48,6 @@ class LazyFrames:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (len(self), *self._frames[0].shape)
-
-    @property
-    def ndim(self) -> int:
-        return 4
 
     @property
     def decoded(self) -> int:

@@ -117,39 +117,41 @@ def bundle_fingerprint(suite: Suite) -> str:
     return file_sha256(Path(bundle) / "config.json") if bundle else ""
 
 
+REFUSE_RESUME = "use another --out directory, or delete it to start over"
+
+
+def recorded_run(out_dir: Path) -> dict[str, Any]:
+    """The provenance record of the run already in ``out_dir`` (empty when there is none)."""
+    run_file = out_dir / RUN_NAME
+    return json.loads(run_file.read_text()) if run_file.exists() else {}
+
+
 def check_run_dir(out_dir: Path, suite: Suite) -> None:
     """Refuse to mix episodes of two different suites, or of two versions of its bundle, in one log."""
-    run_file = out_dir / RUN_NAME
-    if not run_file.exists():
-        return
-    recorded = json.loads(run_file.read_text())
-    if recorded.get("suite_sha256") != suite.hash():
+    recorded = recorded_run(out_dir)
+    if recorded and recorded.get("suite_sha256") != suite.hash():
         raise ValueError(
             f"{out_dir} holds a run of a different suite (sha256 {str(recorded.get('suite_sha256'))[:12]} vs "
-            f"{suite.hash()[:12]}): use another --out directory, or delete it to start over"
+            f"{suite.hash()[:12]}): {REFUSE_RESUME}"
         )
     bundle = bundle_fingerprint(suite)
     if recorded.get("bundle_sha256", bundle) != bundle:
         raise ValueError(
             f"{out_dir} holds episodes of another version of {results_bundle(suite)} (bundle "
-            f"sha256 {str(recorded['bundle_sha256'])[:12]} vs {bundle[:12]}; retrained since?): use "
-            "another --out directory, or delete it to start over"
+            f"sha256 {str(recorded['bundle_sha256'])[:12]} vs {bundle[:12]}; retrained since?): "
+            f"{REFUSE_RESUME}"
         )
 
 
 def check_judge(out_dir: Path, judge_id: str, prompt_hash: str) -> None:
     """Refuse to resume a log judged by another judge (or another version of it: a retrained
     probe has other weights, a VLM judge another prompt)."""
-    run_file = out_dir / RUN_NAME
-    if not run_file.exists():
-        return
-    recorded = json.loads(run_file.read_text())
+    recorded = recorded_run(out_dir)
     before = (recorded.get("judge", judge_id), recorded.get("judge_prompt_sha256", prompt_hash))
     if before != (judge_id, prompt_hash):
         raise ValueError(
             f"{out_dir} holds episodes judged by {before[0]} (sha256 {before[1][:12] or '-'}), "
-            f"not {judge_id} (sha256 {prompt_hash[:12] or '-'}; retrained since?): use another "
-            "--out directory, or delete it to start over"
+            f"not {judge_id} (sha256 {prompt_hash[:12] or '-'}; retrained since?): {REFUSE_RESUME}"
         )
 
 

@@ -321,13 +321,10 @@ class ProbeJudge:
         then only the sampled frames are decoded.
         """
         count = self.probe.config.num_frames
-        if isinstance(frames, (np.ndarray, list, tuple)):
+        if isinstance(frames, (np.ndarray, list, tuple)):  # arrays: one frame or a list of them
             frames = check_judge_input(frames, instruction)
-            total = len(frames)
-            frames = frames[uniform_frame_indices(total, count)]
-        else:  # lazy: read (decode) only the sampled frames
-            total = len(frames)
-            frames = check_judge_input(frames[uniform_frame_indices(total, count)], instruction)
+        total = len(frames)  # a lazy video decodes only the sampled frames here
+        frames = check_judge_input(frames[uniform_frame_indices(total, count)], instruction)
         start = time.perf_counter()
         ids = instruction_ids(instruction, self.probe.config.instruction)
         latents = self.encode(frames)[None]  # (1, F, L, D)

@@ -357,7 +357,8 @@ class WorldModel:
         :attr:`residuals`): then the frames equal what :meth:`step` returns for those latents,
         so a caller can step with ``decode=False`` and decode only the frames it needs.
         """
-        return self._frames(latents, residual)
+        images = self._decode_float(latents)
+        return _to_uint8(images if residual is None else images + residual)
 
     @property
     def residuals(self) -> torch.Tensor | None:
@@ -376,7 +377,7 @@ class WorldModel:
         self, frames, latents: torch.Tensor
     ) -> tuple[np.ndarray, torch.Tensor | None]:
         """What episodes starting from ``frames`` ``(B, [l,] H, W, 3)`` with last-frame latents
-        ``(B, L, D)`` show first, and their residual for :meth:`_frames` (None when plain).
+        ``(B, L, D)`` show first, and their residual for :meth:`decode` (None when plain).
 
         With residual decoding the residual is the start frame (resized as the encoder resizes
         it) minus its decoded latents, so the first frame shown is the start frame itself.
@@ -390,11 +391,6 @@ class WorldModel:
         last = (last[:, -1] if last.ndim == 5 else last).float() / 255  # (B, H, W, 3)
         last = resize_and_normalize(last, self.image_size, None, None).permute(0, 2, 3, 1)
         return _to_uint8(last), last - decoded
-
-    def _frames(self, latents: torch.Tensor, residual: torch.Tensor | None) -> np.ndarray:
-        """What the episodes show for latents ``(B, L, D)``: residually or plainly decoded."""
-        images = self._decode_float(latents)
-        return _to_uint8(images if residual is None else images + residual)
 
     def _decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
         """Un-normalised latents ``(b, L, D)`` -> float images ``(b, H, W, 3)`` in [0, 1]."""
@@ -548,7 +544,7 @@ class WorldModel:
         state.context = torch.cat([state.context[:, 1:], new[:, None]], dim=1)
         state.context_actions = torch.cat([state.context_actions[:, 1:], condition], dim=1)
         state.steps += 1
-        frames = self._frames(new, state.residual) if decode else None
+        frames = self.decode(new, state.residual) if decode else None
         self.last_step_seconds = time.perf_counter() - start
         return frames
 
