@@ -4,10 +4,12 @@ Usage::
 
     python -m benchmarks.vector_figures --bundle models/default --starts data/sim64 --threads 2
 
-For each N it times the vector env (one batched model call per step) and N single
-``WorldModelEnv`` instances stepped one after the other, in the same run, and reports env steps
-per second and their ratio, for each autocast dtype in ``--dtypes`` (both sides in the same
-dtype). Writes ``benchmarks/results/vector_figures.json`` and ``.md``.
+For each N it builds, for each autocast dtype in ``--dtypes``, the vector env (one batched
+model call per step) and N single ``WorldModelEnv`` instances, then times them in interleaved
+rounds (every setup steps ``--steps`` times per round), so that a machine whose speed drifts
+during the run slows every setup alike. It reports env steps per second, the speedup of the
+vector env over the single envs in the same dtype, and over the fastest single-env setting of
+any dtype. Writes ``benchmarks/results/vector_figures.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -28,50 +30,65 @@ import wm_env
 RESULTS = Path(__file__).parent / "results"
 
 
-def vector_steps_per_second(
-    bundle: Path, starts, n: int, steps: int, warmup: int, dtype: str | None
-) -> float:
-    env = gym.make_vec(
-        wm_env.WORLD_MODEL_ENV_ID,
-        num_envs=n,
-        vectorization_mode="vector_entry_point",
-        model=bundle,
-        starts=starts,
-        dtype=dtype,
-    )
-    env.reset(seed=0)
-    actions = np.zeros((n, 7), dtype=np.float32)
-    for _ in range(warmup):
-        env.step(actions)
-    start = time.perf_counter()
-    for _ in range(steps):
-        env.step(actions)
-    return n * steps / (time.perf_counter() - start)
+class VectorSetup:
+    """N episodes in one vector env: one batched model call per step."""
 
-
-def single_steps_per_second(
-    bundle: Path, starts, n: int, steps: int, warmup: int, dtype: str | None
-) -> float:
-    from wm_env.world_model import WorldModel
-
-    envs = [
-        gym.make(
+    def __init__(self, bundle: Path, starts, n: int, dtype: str | None) -> None:
+        self.n = n
+        self.env = gym.make_vec(
             wm_env.WORLD_MODEL_ENV_ID,
-            model=WorldModel.from_pretrained(bundle, dtype=dtype),
+            num_envs=n,
+            vectorization_mode="vector_entry_point",
+            model=bundle,
             starts=starts,
+            dtype=dtype,
         )
-        for _ in range(n)
-    ]
-    for i, env in enumerate(envs):
-        env.reset(seed=i)
+        self.env.reset(seed=0)
+        self.actions = np.zeros((n, 7), dtype=np.float32)
+
+    def step(self) -> None:
+        self.env.step(self.actions)
+
+
+class SingleSetup:
+    """N single envs, each with its own model, stepped one after the other."""
+
+    def __init__(self, bundle: Path, starts, n: int, dtype: str | None) -> None:
+        from wm_env.world_model import WorldModel
+
+        self.n = n
+        self.envs = [
+            gym.make(
+                wm_env.WORLD_MODEL_ENV_ID,
+                model=WorldModel.from_pretrained(bundle, dtype=dtype),
+                starts=starts,
+            )
+            for _ in range(n)
+        ]
+        for i, env in enumerate(self.envs):
+            env.reset(seed=i)
+        self.action = np.zeros(7, dtype=np.float32)
+
+    def step(self) -> None:
+        for env in self.envs:
+            env.step(self.action)
+
+
+def interleaved_steps_per_second(
+    setups: dict[str, VectorSetup | SingleSetup], steps: int, warmup: int, rounds: int
+) -> dict[str, float]:
+    """Env steps per second of each setup, timed in ``rounds`` interleaved rounds."""
+    for setup in setups.values():
         for _ in range(warmup):
-            env.step(np.zeros(7, dtype=np.float32))
-    action = np.zeros(7, dtype=np.float32)
-    start = time.perf_counter()
-    for _ in range(steps):
-        for env in envs:
-            env.step(action)
-    return n * steps / (time.perf_counter() - start)
+            setup.step()
+    seconds = dict.fromkeys(setups, 0.0)
+    for _ in range(rounds):
+        for name, setup in setups.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                setup.step()
+            seconds[name] += time.perf_counter() - start
+    return {name: setups[name].n * steps * rounds / seconds[name] for name in setups}
 
 
 def main() -> None:
@@ -81,8 +98,9 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=Path("models/default"))
     parser.add_argument("--starts", default="data/sim64", help="dataset dir or PNG+JSON folder")
     parser.add_argument("--sizes", default="1,4,16,64")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (per env)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per setup and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (per setup)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument(
@@ -96,40 +114,54 @@ def main() -> None:
     from wm_env.envs.starts import StartSet
 
     starts = StartSet.load(args.starts)
+    dtypes = args.dtypes.split(",")
     figures: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d"),
         "bundle": str(args.bundle),
+        "steps": args.steps,
+        "rounds": args.rounds,
         "sizes": {},
     }
-    for dtype in args.dtypes.split(","):
-        for n in (int(x) for x in args.sizes.split(",")):
-            timing = (args.bundle, starts, n, args.steps, args.warmup, dtype)
-            vector = vector_steps_per_second(*timing)
-            single = single_steps_per_second(*timing)
+    for n in (int(x) for x in args.sizes.split(",")):
+        setups: dict[str, VectorSetup | SingleSetup] = {}
+        for dtype in dtypes:
+            setups[f"vector {dtype}"] = VectorSetup(args.bundle, starts, n, dtype)
+            setups[f"single {dtype}"] = SingleSetup(args.bundle, starts, n, dtype)
+        rates = interleaved_steps_per_second(setups, args.steps, args.warmup, args.rounds)
+        del setups
+        best_single = max(rates[f"single {dtype}"] for dtype in dtypes)
+        for dtype in dtypes:
+            vector, single = rates[f"vector {dtype}"], rates[f"single {dtype}"]
             figures["sizes"][f"{n} {dtype}"] = {
                 "n": n,
                 "dtype": dtype,
                 "vector_steps_per_s": vector,
                 "single_loop_steps_per_s": single,
                 "speedup": vector / single,
+                "speedup_over_fastest_single": vector / best_single,
             }
             print(
                 f"N={n} {dtype}: vector {vector:.1f} steps/s, {n} single envs {single:.1f} "
-                f"steps/s, {vector / single:.2f}x"
+                f"steps/s, {vector / single:.2f}x (over the fastest single setting "
+                f"{vector / best_single:.2f}x)",
+                flush=True,
             )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "vector_figures.json").write_text(json.dumps(figures, indent=2))
     md = [
         f"Machine: {figures['machine']}; {figures['date']}; bundle {figures['bundle']}; "
-        f"{args.warmup} warm-up and {args.steps} timed steps per measurement.",
+        f"{args.warmup} warm-up steps, then {args.rounds} interleaved rounds of {args.steps} "
+        "timed steps per setup.",
         "",
-        "| N | dtype | vector env steps/s | N single envs steps/s | speedup |",
-        "|---|---|---|---|---|",
+        "| N | dtype | vector env steps/s | N single envs steps/s | speedup (same dtype) "
+        "| speedup over the fastest single envs |",
+        "|---|---|---|---|---|---|",
     ]
     md += [
         f"| {v['n']} | {v['dtype']} | {v['vector_steps_per_s']:.1f} | "
-        f"{v['single_loop_steps_per_s']:.1f} | {v['speedup']:.2f}x |"
+        f"{v['single_loop_steps_per_s']:.1f} | {v['speedup']:.2f}x | "
+        f"{v['speedup_over_fastest_single']:.2f}x |"
         for v in figures["sizes"].values()
     ]
     (args.out / "vector_figures.md").write_text("\n".join(md) + "\n")

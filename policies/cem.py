@@ -368,6 +368,7 @@ def own_copy(model: WorldModel) -> WorldModel:
         use_cache=model.use_cache,
         dtype=model.dtype,
         temperature=model.temperature,
+        residual_decoding=model.residual_decoding,
     )
 
 

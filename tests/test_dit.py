@@ -13,6 +13,7 @@ from train.dit import (
     DiTConfig,
     TemporalKVCache,
     null_actions,
+    single_query_attention,
     spatial_rope_split,
 )
 from wm_env.errors import UnknownNameError
@@ -159,6 +160,26 @@ def test_autocast_bf16_runs():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         last = model(x[:, 2:], t[:, 2:], a[:, 2:], cache=cache)
     torch.testing.assert_close(last.float(), out[:, 2:].float(), atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_single_query_attention_matches_sdpa(dtype):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, 2, n, 8, generator=gen).to(dtype) for n in (1, 5, 5))
+    visible = torch.tensor([False, True, True, False, True])
+    tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    for mask in (None, visible):
+        out = single_query_attention(q, k, v, mask)
+        sdpa_mask = None if mask is None else mask[None]
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask)
+        assert out.dtype == dtype and out.shape == (6, 2, 1, 8)
+        torch.testing.assert_close(out, ref, **tol)
+    # hidden keys carry no weight: changing them changes nothing
+    v2 = v.clone()
+    v2[:, :, ~visible] += 100.0
+    torch.testing.assert_close(
+        single_query_attention(q, k, v2, visible), single_query_attention(q, k, v, visible)
+    )
 
 
 def test_input_validation():

@@ -184,6 +184,26 @@ def test_bf16_autocasts_sampling_encoding_and_decoding(tiny_bundle, wm, starts):
         WorldModel.from_pretrained(tiny_bundle, dtype="bf61")
 
 
+def test_bf16_stores_matmul_weights_in_bf16_and_computes_what_autocast_does(
+    tiny_bundle, wm, starts
+):
+    """Weights stored in bf16 give exactly the frames of fp32 weights under bf16 autocast."""
+    low = WorldModel.from_pretrained(tiny_bundle, dtype="bf16")
+    linears = [m for m in low.dit.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    convs = [m for m in low.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    norms = [m for m in low.encoder.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert all(m.weight.dtype == torch.float32 for m in norms)  # autocast runs norms in fp32
+    autocast_only = WorldModel(
+        wm.bundle, wm.config, wm.encoder, wm.adapter, wm.pixel_decoder, wm.dit, wm.scheduler,
+        wm.device, num_steps=wm.num_steps, dtype=torch.bfloat16, temperature=wm.temperature,
+    )  # fmt: skip
+    a, la = rollout(low, starts, steps=3, seed=4)
+    b, lb = rollout(autocast_only, starts, steps=3, seed=4)
+    assert torch.equal(la, lb) and max_abs_diff(a, b) == 0
+
+
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_snapshot_restore_replays_exactly(tiny_bundle, starts, use_cache):
     model = WorldModel.from_pretrained(tiny_bundle, use_cache=use_cache)

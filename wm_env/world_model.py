@@ -98,6 +98,19 @@ def build_scheduler_from_config(config: dict[str, Any]):
     return make_scheduler(section.pop("name"), **section)
 
 
+def cast_matmul_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Store the weights of ``module``'s linear and convolution layers in ``dtype``, in place.
+
+    Under autocast to ``dtype`` this computes exactly what fp32 weights would (autocast rounds
+    them to ``dtype`` at every call), without the per-call weight casts. Norm layers keep fp32
+    (autocast runs them in fp32). The module must then only be called under that autocast.
+    """
+    for layer in module.modules():
+        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+            layer.to(dtype)
+    return module
+
+
 # ---------------------------------------------------------------------- action normalisation
 
 
@@ -309,12 +322,19 @@ class WorldModel:
         from wm_env.errors import lookup
 
         torch_dtype = None if dtype is None else lookup("dtype", dtype, AUTOCAST_DTYPES)
+        encoder = build_encoder_from_config(config, path, device)
+        adapter = build_adapter_from_config(config, path, device)
+        pixel_decoder = build_pixel_decoder_from_config(config, path, device)
+        if torch_dtype is not None:
+            for part in (encoder, adapter, pixel_decoder, dit):
+                if part is not None:
+                    cast_matmul_weights(part, torch_dtype)
         return cls(
             path,
             config,
-            build_encoder_from_config(config, path, device),
-            build_adapter_from_config(config, path, device),
-            build_pixel_decoder_from_config(config, path, device),
+            encoder,
+            adapter,
+            pixel_decoder,
             dit,
             build_scheduler_from_config(config),
             device,
@@ -498,12 +518,13 @@ class WorldModel:
 
     def _append(self, cache, latents: torch.Tensor, conditions: torch.Tensor) -> None:
         t = torch.full(latents.shape[:2], self.scheduler.context_time, device=self.device)
-        self.dit.append_to_cache(
-            cache,
-            self.scheduler.prepare_context(latents, self.scheduler.context_time),
-            t,
-            conditions,
-        )
+        with self._autocast():
+            self.dit.append_to_cache(
+                cache,
+                self.scheduler.prepare_context(latents, self.scheduler.context_time),
+                t,
+                conditions,
+            )
 
     @torch.no_grad()
     def step(self, actions, decode: bool = True) -> np.ndarray | None:
