@@ -73,7 +73,12 @@ def main() -> None:
         default="fp32,bf16,bf16x2",
         help="world-model settings: autocast dtype, optionally xK for K denoising steps",
     )
-    parser.add_argument("--sim-episodes", type=int, default=8)
+    parser.add_argument(
+        "--sim-episodes",
+        type=int,
+        default=32,
+        help="sim episodes (enough that worker start-up weighs little)",
+    )
     parser.add_argument("--length", type=int, default=40)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
@@ -93,6 +98,7 @@ def main() -> None:
         f"torch {torch.__version__}; each world uses {args.cores} core(s)",
         "date": time.strftime("%Y-%m-%d"),
         "bundle": args.bundle,
+        "sim_episodes": args.sim_episodes,
         "episode_length": args.length,
         "world_model": {},
     }
@@ -134,7 +140,8 @@ def main() -> None:
     lines = [
         f"Machine: {figures['machine']}; {figures['date']}; bundle {args.bundle}; "
         f"{args.length}-step episodes, random policy, probe judge included; "
-        f"{args.batches} batches of N episodes per N (at least 4).",
+        f"{args.batches} batches of N episodes per N (at least 4); {args.sim_episodes} sim "
+        f"episodes on {args.cores} worker process(es).",
         "",
         "| world | setting | episodes/min | vs sim |",
         "|---|---|---|---|",
