@@ -20,6 +20,7 @@ error sends its traceback as a text frame and closes with 1011. ``GET /healthz``
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import traceback
@@ -159,8 +160,11 @@ class _UvicornThread:
         return self.server.servers[0].sockets[0].getsockname()[1]
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        self.server.should_exit = True  # graceful: finish open requests
         self.thread.join(timeout=10)
+        if self.thread.is_alive():  # a connection that does not close: stop anyway
+            self.server.force_exit = True
+            self.thread.join(timeout=5)
 
 
 # --------------------------------------------------------------------------- websocket
@@ -342,6 +346,9 @@ def parse_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return options
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def serve(config: ServeConfig) -> None:
     """Load the policy and serve it until interrupted (Ctrl-C)."""
     from policies.registry import load_policy
@@ -352,10 +359,14 @@ def serve(config: ServeConfig) -> None:
     ).start()
     endpoint = "POST /act" if config.protocol == "rest" else "openpi websocket"
     print(f"serving {policy.name} on {server.url} ({endpoint}); Ctrl-C to stop", flush=True)
+    # Ctrl-C / SIGTERM only set a flag: a KeyboardInterrupt raised inside Thread.join can leave
+    # the joined thread's state lock inconsistent (a rare hang at shutdown was seen in tests)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
     try:
-        while server.wait(timeout=0.5):  # short waits keep Ctrl-C responsive
+        while server.wait(timeout=0.2) and not stop.is_set():
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -475,6 +475,8 @@ def test_wmgym_serve_serves_the_rest_client():
     process = subprocess.Popen(
         [
             sys.executable,
+            "-X",
+            "faulthandler",  # SIGABRT dumps every thread's stack (see the timeout below)
             "-m",
             "wm_env.cli",
             "serve",
@@ -506,6 +508,10 @@ def test_wmgym_serve_serves_the_rest_client():
         if client is not None:
             client.close()  # no idle keep-alive connection for the server to wind down
         process.send_signal(signal.SIGINT)
-        # generous: on a loaded 2-core machine the shutdown once took more than 20 s
-        _, stderr = process.communicate(timeout=60)
+        try:
+            _, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            _, stderr = process.communicate()
+            pytest.fail(f"the server did not stop within 60 s of SIGINT; its threads:\n{stderr}")
     assert process.returncode == 0, stderr
