@@ -171,6 +171,16 @@ def test_vector_env_matches_single_envs_with_autoreset(model, blob_dataset):
         assert diff <= 1, (i, diff)
 
 
+def test_settings_that_a_loaded_model_would_ignore_are_refused(model, blob_dataset):
+    with pytest.raises(ValueError, match=r"dtype='bf16' cannot change a loaded WorldModel"):
+        make(model, blob_dataset, dtype="bf16")
+    with pytest.raises(ValueError, match=r"num_steps=2, use_cache=False"):
+        gym.make_vec(
+            ENV_ID, num_envs=2, vectorization_mode="vector_entry_point", model=model,
+            starts=blob_dataset, num_steps=2, use_cache=False,
+        )  # fmt: skip
+
+
 def test_vector_env_makes_one_model_call_per_step(model, blob_dataset, monkeypatch):
     venv = gym.make_vec(
         ENV_ID,

@@ -48,6 +48,16 @@ def load_world_model(
     from wm_env.world_model import WorldModel
 
     if isinstance(model, WorldModel):
+        ignored = {"num_steps": num_steps, "temperature": temperature, "dtype": dtype}
+        ignored = {name: value for name, value in ignored.items() if value is not None}
+        if not use_cache:
+            ignored["use_cache"] = use_cache
+        if ignored:
+            settings = ", ".join(f"{name}={value!r}" for name, value in ignored.items())
+            raise ValueError(
+                f"{settings} cannot change a loaded WorldModel; pass the bundle directory "
+                f"instead, or WorldModel.from_pretrained(bundle, {settings})"
+            )
         return model
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(
