@@ -470,7 +470,8 @@ def test_wmgym_serve_rejects_unknown_policies(capsys):
     assert "did you mean 'random'" in capsys.readouterr().err
 
 
-def test_wmgym_serve_serves_the_rest_client():
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_wmgym_serve_serves_the_rest_client(stop_signal):
     root = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(
         [
@@ -507,11 +508,13 @@ def test_wmgym_serve_serves_the_rest_client():
     finally:
         if client is not None:
             client.close()  # no idle keep-alive connection for the server to wind down
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop_signal)  # Ctrl-C, or a process manager's SIGTERM
         try:
             _, stderr = process.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGABRT)
             _, stderr = process.communicate()
-            pytest.fail(f"the server did not stop within 60 s of SIGINT; its threads:\n{stderr}")
-    assert process.returncode == 0, stderr
+            pytest.fail(
+                f"the server did not stop within 60 s of {stop_signal!r}; its threads:\n{stderr}"
+            )
+    assert process.returncode == 0, stderr  # a graceful stop, not a kill
