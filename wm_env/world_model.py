@@ -297,8 +297,11 @@ class WorldModel:
         """Load and verify a bundle directory (every weight file's size and SHA-256).
 
         ``dtype`` is the autocast dtype of sampling, encoding and decoding: None or ``"fp32"``
-        (float32), ``"bf16"`` or ``"fp16"``. On a CPU with native bf16 (avx512_bf16 or AMX),
-        ``"bf16"`` roughly halves the decoder's time in batches; on one without, it is slower.
+        (float32), ``"bf16"`` or ``"fp16"``. With a low dtype the linear and convolution
+        weights are stored in it (:func:`cast_matmul_weights`), so the modules are meant to be
+        called through this runtime (or under that autocast). On a CPU with native bf16
+        (avx512_bf16 or AMX), ``"bf16"`` cuts the decoder's time in batches by a third to a
+        half; on one without, it is slower.
         """
         config = verify(path)
         for section in ("encoder", "dynamics", "actions"):
