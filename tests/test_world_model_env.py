@@ -117,6 +117,36 @@ def test_missing_model_or_starts_give_clear_errors(tiny_bundle, blob_dataset, tm
         gym.make(ENV_ID, model=tiny_bundle, starts=tmp_path / "nothing")
 
 
+def test_dataset_starts_are_decoded_lazily_one_frame_each(blob_dataset, monkeypatch, tmp_path):
+    """Loading reads no video; indexing a start decodes only its first frame, once."""
+    import shutil
+
+    from wm_env.dataset import lerobot
+    from wm_env.dataset.lerobot import LeRobotDataset
+
+    decoded = []
+    real_decode = lerobot.decode_video
+
+    def counting_decode(path, expected_frames=None, **kwargs):
+        decoded.append(expected_frames)
+        return real_decode(path, expected_frames=expected_frames, **kwargs)
+
+    monkeypatch.setattr(lerobot, "decode_video", counting_decode)
+    starts = StartSet.load(blob_dataset)
+    assert len(starts) == 6 and decoded == []
+    start = starts[2]
+    assert decoded == [1] and starts[2] is start
+    dataset = LeRobotDataset(blob_dataset)
+    assert np.array_equal(start.frames, dataset.frames(2)[:1])
+    assert start.instruction == "move the blob" and start.meta["episode"] == 2
+
+    broken = tmp_path / "broken"
+    shutil.copytree(blob_dataset, broken)
+    next(broken.glob("videos/**/*.mp4")).unlink()
+    with pytest.raises(CorruptFileError, match="missing"):
+        StartSet.load(broken)
+
+
 def test_png_json_start_folder(tmp_path, blob_render):
     iio.imwrite(tmp_path / "a.png", blob_render((10, 10)))
     (tmp_path / "a.json").write_text(json.dumps({"instruction": "move the blob right"}))

@@ -711,12 +711,19 @@ class LeRobotDataset:
             return None
         return self.column(ep, "next.success").astype(bool)
 
-    def frames(self, ep: int, camera: str = "image") -> np.ndarray:
-        """uint8 ``(len, H, W, 3)`` frames of ``ep`` from ``camera``."""
+    def frames(self, ep: int, camera: str = "image", count: int | None = None) -> np.ndarray:
+        """uint8 ``(len, H, W, 3)`` frames of ``ep`` from ``camera``.
+
+        ``count`` decodes only the episode's first ``count`` frames (all when it is None or
+        larger than the episode): a start state needs one frame, not the whole video.
+        """
         key, row = self.camera_key(camera), self._row(ep)
+        length = self.length(ep)
+        if count is not None and count < 1:
+            raise ValueError(f"count must be >= 1; got {count}")
         return decode_video(
             self.video_path(ep, camera),
-            expected_frames=self.length(ep),
+            expected_frames=length if count is None else min(count, length),
             from_timestamp=float(row[f"videos/{key}/from_timestamp"]),
             to_timestamp=float(row[f"videos/{key}/to_timestamp"]),
         )
