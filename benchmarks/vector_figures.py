@@ -7,9 +7,9 @@ Usage::
 For each N it builds, for each autocast dtype in ``--dtypes``, the vector env (one batched
 model call per step) and N single ``WorldModelEnv`` instances, then times them in interleaved
 rounds (every setup steps ``--steps`` times per round), so that a machine whose speed drifts
-during the run slows every setup alike. It reports env steps per second, the speedup of the
-vector env over the single envs in the same dtype, and over the fastest single-env setting of
-any dtype. Writes ``benchmarks/results/vector_figures.json`` and ``.md``.
+during the run slows every setup alike; each setup's rate is its median round. It reports env
+steps per second, the speedup of the vector env over the single envs in the same dtype, and over
+the fastest single-env setting of any dtype. Writes ``benchmarks/results/vector_figures.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -77,18 +77,22 @@ class SingleSetup:
 def interleaved_steps_per_second(
     setups: dict[str, VectorSetup | SingleSetup], steps: int, warmup: int, rounds: int
 ) -> dict[str, float]:
-    """Env steps per second of each setup, timed in ``rounds`` interleaved rounds."""
+    """Env steps per second of each setup: the median over ``rounds`` interleaved rounds.
+
+    The median, not the total, so that one round slowed by the machine (this 2-core VM's speed
+    drifts by 10-25% within minutes) does not decide a ratio.
+    """
     for setup in setups.values():
         for _ in range(warmup):
             setup.step()
-    seconds = dict.fromkeys(setups, 0.0)
+    rates: dict[str, list[float]] = {name: [] for name in setups}
     for _ in range(rounds):
         for name, setup in setups.items():
             start = time.perf_counter()
             for _ in range(steps):
                 setup.step()
-            seconds[name] += time.perf_counter() - start
-    return {name: setups[name].n * steps * rounds / seconds[name] for name in setups}
+            rates[name].append(setup.n * steps / (time.perf_counter() - start))
+    return {name: float(np.median(values)) for name, values in rates.items()}
 
 
 def main() -> None:
@@ -99,7 +103,9 @@ def main() -> None:
     parser.add_argument("--starts", default="data/sim64", help="dataset dir or PNG+JSON folder")
     parser.add_argument("--sizes", default="1,4,16,64")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per setup and round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved timing rounds (the median counts)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (per setup)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -152,7 +158,7 @@ def main() -> None:
     md = [
         f"Machine: {figures['machine']}; {figures['date']}; bundle {figures['bundle']}; "
         f"{args.warmup} warm-up steps, then {args.rounds} interleaved rounds of {args.steps} "
-        "timed steps per setup.",
+        "timed steps per setup (median round).",
         "",
         "| N | dtype | vector env steps/s | N single envs steps/s | speedup (same dtype) "
         "| speedup over the fastest single envs |",
