@@ -199,6 +199,34 @@ def judge_replays(suite: Suite, sim_dir: Path, sim_rows, out_dir: Path) -> pd.Da
     return pd.DataFrame(results)
 
 
+REPLAY_KEY = ("policy", "task", "seed", "index")
+
+
+def update_replays(suite: Suite, sim_dir: Path, sim_rows, path: Path) -> pd.DataFrame:
+    """:func:`judge_replays` of the clean sim episodes in ``sim_rows``, reusing the replays
+    already judged in ``path`` (a resumed or extended run replays only its new episodes), and
+    written back to ``path``."""
+    episodes = [
+        r
+        for r in sim_rows
+        if r["condition"] == CLEAN and r["error"] is None and r["success"] is not None
+    ]
+    done: dict[tuple, dict] = {}
+    if path.exists():
+        cached = pd.read_csv(path, dtype={"policy": str, "task": str})
+        done = {tuple(r[k] for k in REPLAY_KEY): r for r in cached.to_dict("records")}
+    todo = [r for r in episodes if tuple(r[k] for k in REPLAY_KEY) not in done]
+    if todo:
+        for row in judge_replays(suite, sim_dir, todo, path.parent).to_dict("records"):
+            done[tuple(row[k] for k in REPLAY_KEY)] = row
+    replays = pd.DataFrame(
+        [done[tuple(r[k] for k in REPLAY_KEY)] for r in episodes],
+        columns=[*REPLAY_KEY, "sim_success", "wm_success", "wm_score", "judge"],
+    )
+    replays.to_csv(path, index=False)
+    return replays
+
+
 def replay_summary(replays: pd.DataFrame) -> dict[str, Any]:
     """Hallucinated success (sim failures judged successes) and missed success, with Wilson."""
     summary: dict[str, Any] = {}
@@ -256,15 +284,10 @@ def run_agreement(config: AgreementConfig) -> dict[str, Path]:
         sim_suite, out / "sim", RunOptions(workers=config.workers, threads=config.threads)
     )
     wm_log = run_suite(suite, out / "wm", RunOptions(threads=config.threads))
-    table, summary = compare(sim_log.rows, wm_log.rows, seed=suite.seed)
-    replays_path = out / "replays.csv"
-    if replays_path.exists() and len(pd.read_csv(replays_path)) == sum(
-        1 for r in sim_log.rows if r["condition"] == CLEAN and r["error"] is None
-    ):
-        replays = pd.read_csv(replays_path)
-    else:
-        replays = judge_replays(suite, out / "sim", sim_log.rows, out)
-        replays.to_csv(replays_path, index=False)
+    # a run directory can hold seeds the suite no longer has (seeds can change between runs)
+    sim_rows = sim_log.rows_for(sim_suite.episode_keys())
+    table, summary = compare(sim_rows, wm_log.rows_for(suite.episode_keys()), seed=suite.seed)
+    replays = update_replays(suite, out / "sim", sim_rows, out / "replays.csv")
     replay_stats = replay_summary(replays)
     table.to_csv(out / "agreement.csv", index=False, float_format="%.4f")
     summary.to_csv(out / "agreement_summary.csv", index=False, float_format="%.4f")
@@ -275,7 +298,7 @@ def run_agreement(config: AgreementConfig) -> dict[str, Path]:
     return {
         "per_policy": out / "agreement.csv",
         "summary": out / "agreement_summary.csv",
-        "replays": replays_path,
+        "replays": out / "replays.csv",
         "json": out / "agreement.json",
         "plot": plot,
     }

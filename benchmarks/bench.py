@@ -84,8 +84,9 @@ def run_leaderboard(config: LeaderboardConfig) -> dict[str, Path]:
     log: EpisodeLog = run_suite(suite, config.out, options)
     provenance = json.loads((config.out / RUN_NAME).read_text())
     provenance.pop("suite_config", None)
-    main, long = write_leaderboards(log.rows, config.out, provenance, editors_of(suite))
-    report = write_report(config.out, main, long, log.rows, provenance)
+    rows = log.rows_for(suite.episode_keys())  # the log may hold seeds the suite dropped
+    main, long = write_leaderboards(rows, config.out, provenance, editors_of(suite))
+    report = write_report(config.out, main, long, rows, provenance)
     return {
         "episodes": config.out / LOG_NAME,
         "leaderboard": config.out / "leaderboard.csv",

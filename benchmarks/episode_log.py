@@ -86,6 +86,11 @@ class EpisodeLog:
         errored = {row_key(r) for r in self.rows if r.get("error")} if retry_errors else set()
         return [k for k in keys if k.as_tuple() not in self._keys or k.as_tuple() in errored]
 
+    def rows_for(self, keys: Iterable[EpisodeKey]) -> list[dict[str, Any]]:
+        """The rows of ``keys`` only (a log can hold episodes of seeds a suite no longer has)."""
+        wanted = {k.as_tuple() for k in keys}
+        return [r for r in self.rows if row_key(r) in wanted]
+
     def append(self, row: dict[str, Any]) -> None:
         """Write one finished episode (durably) before anything else happens."""
         unknown = set(row) - set(ROW_FIELDS)

@@ -5,7 +5,8 @@ chunks, runs each chunk in the suite's world (the world model in batches of ``nu
 through the vector env; the sim one episode at a time), judges it, saves sampled videos and
 every episode's actions, and appends one row per episode to ``out_dir/episodes.jsonl``.
 Chunks run in this process, in local worker processes (``workers > 1``), or as Ray tasks
-(``ray_address``). Re-running resumes: only episodes without a row are run.
+(``ray_address``). Re-running resumes: only episodes without a row are run. The same suite
+with more (or other) seeds may go on in the same directory: only the new starts' episodes run.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +127,34 @@ def recorded_run(out_dir: Path) -> dict[str, Any]:
     return json.loads(run_file.read_text()) if run_file.exists() else {}
 
 
+def only_seeds_differ(recorded: dict[str, Any], suite: Suite) -> bool:
+    """Whether a recorded run's suite is ``suite`` with other start seeds.
+
+    Such a run may go on in the same directory: every row is keyed by its seed and episode
+    index (which do not change when seeds are added), so more seeds only add episodes.
+    """
+    config = recorded.get("suite_config")
+    if not config:
+        return False
+    try:
+        before = suite_from_dict(config)
+    except (ValueError, TypeError, KeyError):
+        return False
+    return replace(before, seeds=suite.seeds).hash() == suite.hash()
+
+
 def check_run_dir(out_dir: Path, suite: Suite) -> None:
-    """Refuse to mix episodes of two different suites, or of two versions of its bundle, in one log."""
+    """Refuse to mix episodes of two different suites, or of two versions of its bundle, in one log.
+
+    A suite that differs only in its seeds is the same suite: adding seeds to a finished run
+    runs only the new starts (callers aggregate :meth:`EpisodeLog.rows_for` the suite's keys).
+    """
     recorded = recorded_run(out_dir)
-    if recorded and recorded.get("suite_sha256") != suite.hash():
+    if (
+        recorded
+        and recorded.get("suite_sha256") != suite.hash()
+        and not only_seeds_differ(recorded, suite)
+    ):
         raise ValueError(
             f"{out_dir} holds a run of a different suite (sha256 {str(recorded.get('suite_sha256'))[:12]} vs "
             f"{suite.hash()[:12]}): {REFUSE_RESUME}"

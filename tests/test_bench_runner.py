@@ -121,13 +121,48 @@ def test_world_model_suite_runs_batched_and_resumes(
 
     # the same out dir with another suite is refused instead of mixing results
     with pytest.raises(ValueError, match="different suite"):
-        run_suite(wm_suite(tiny_bundle, seeds=[5]), tmp_path, RunOptions(progress=False))
+        run_suite(wm_suite(tiny_bundle, episode_length=4), tmp_path, RunOptions(progress=False))
     # ... and so is the same suite with a retrained judge (a probe's hash is its weights')
     retrained = BrightnessJudge()
     retrained.prompt_hash = "retrained"
     monkeypatch.setattr(runner_module, "build_judge", lambda suite: retrained)
     with pytest.raises(ValueError, match="judged by brightness"):
         run_suite(suite, tmp_path, RunOptions(progress=False))
+
+
+def test_more_seeds_run_only_the_new_starts(
+    tiny_bundle, tmp_path, stand_in_judge, monkeypatch, sim_available
+):
+    """A finished run given more seeds runs only their episodes and keeps the old rows."""
+    from wm_env.world_model import WorldModel
+
+    calls = []
+    original_step = WorldModel.step
+
+    def counting_step(self, actions, decode=True):
+        calls.append(len(actions))
+        return original_step(self, actions, decode)
+
+    monkeypatch.setattr(WorldModel, "step", counting_step)
+    small = {"policies": [{"name": "zero", "spec": "zero"}], "conditions": [{"name": "clean"}]}
+    first = run_suite(
+        wm_suite(tiny_bundle, seeds=[0, 1], **small), tmp_path, RunOptions(progress=False)
+    )
+    before = [dict(row) for row in first.rows]
+    calls.clear()
+    more = wm_suite(tiny_bundle, seeds=[0, 1, 2], **small)
+    log = run_suite(more, tmp_path, RunOptions(progress=False))
+    assert len(calls) == 3  # one batch (the one new episode) of 3 steps
+    assert len(log) == 3 and log.rows[:2] == before
+    assert json.loads((tmp_path / "run.json").read_text())["suite_sha256"] == more.hash()
+    # fewer seeds: nothing runs, and the suite's rows are only its seeds' episodes
+    calls.clear()
+    fewer = wm_suite(tiny_bundle, seeds=[0], **small)
+    log = run_suite(fewer, tmp_path, RunOptions(progress=False))
+    assert calls == [] and [r["seed"] for r in log.rows_for(fewer.episode_keys())] == [0]
+    # anything else changed is still another suite
+    with pytest.raises(ValueError, match="different suite"):
+        run_suite(wm_suite(tiny_bundle, seeds=[0], episode_length=2, **small), tmp_path)
 
 
 class LookingPolicy:

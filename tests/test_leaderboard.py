@@ -128,6 +128,51 @@ def test_log_resumes_drops_a_torn_line_and_never_duplicates(tmp_path):
         again._remember(row("a", "lift", "clean", 2, 2, True))
 
 
+def test_agreement_replays_only_episodes_not_replayed_before(tmp_path, monkeypatch):
+    """An extended agreement run judges replays of its new sim episodes only."""
+    from benchmarks import agreement
+
+    asked = []
+
+    def fake_replays(suite, sim_dir, rows, out_dir):
+        asked.append([(r["seed"], r["index"]) for r in rows])
+        return pd.DataFrame(
+            [
+                {"policy": r["policy"], "task": r["task"], "seed": r["seed"], "index": r["index"],
+                 "sim_success": bool(r["success"]), "wm_success": r["seed"] % 2 == 0,
+                 "wm_score": 0.5, "judge": "probe:probe"}
+                for r in rows
+            ]
+        )  # fmt: skip
+
+    monkeypatch.setattr(agreement, "judge_replays", fake_replays)
+    path = tmp_path / "replays.csv"
+    suite = suite_from_dict(SUITE)
+    rows = [row("a", "lift", "clean", s, s, s == 1) for s in range(3)]
+    rows.append(row("a", "lift", "distract", 0, 0, True))  # not clean: never replayed
+    rows.append(row("a", "lift", "clean", 3, 3, None, error="down"))  # errored: never replayed
+    first = agreement.update_replays(suite, tmp_path, rows[:2], path)
+    assert asked == [[(0, 0), (1, 1)]] and len(first) == 2
+    extended = agreement.update_replays(suite, tmp_path, rows, path)
+    assert asked[1] == [(2, 2)]  # only the new clean episode
+    assert extended["seed"].tolist() == [0, 1, 2] and extended["wm_success"].tolist() == [
+        True,
+        False,
+        True,
+    ]
+    assert pd.read_csv(path)["seed"].tolist() == [0, 1, 2]
+    fewer = agreement.update_replays(suite, tmp_path, rows[1:2], path)
+    assert len(asked) == 2 and fewer["seed"].tolist() == [1]
+
+
+def test_log_rows_for_keys(tmp_path):
+    log = EpisodeLog(tmp_path / "episodes.jsonl")
+    for seed in range(3):
+        log.append(row("a", "lift", "clean", seed, seed, True))
+    keys = [EpisodeKey("a", "lift", "clean", s, s) for s in (0, 2, 5)]
+    assert [r["seed"] for r in log.rows_for(keys)] == [0, 2]
+
+
 def test_log_errors_are_kept_and_retried_only_when_asked(tmp_path):
     log = EpisodeLog(tmp_path / "e.jsonl")
     key = EpisodeKey("a", "lift", "clean", 0, 0)
