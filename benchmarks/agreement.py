@@ -304,6 +304,18 @@ def run_agreement(config: AgreementConfig) -> dict[str, Path]:
     }
 
 
+def label_offsets(
+    points: list[tuple[float, float]], near: float = 0.08, step: float = 9.0
+) -> list[tuple[float, float]]:
+    """Offsets (points) of each point's label: a label near earlier points' labels is moved
+    ``step`` points up per such neighbour, so policies with about the same success stay legible."""
+    offsets = []
+    for i, (x, y) in enumerate(points):
+        crowd = sum(abs(x - u) < near and abs(y - v) < near for u, v in points[:i])
+        offsets.append((4.0, 4.0 + step * crowd))
+    return offsets
+
+
 def scatter_plot(table: pd.DataFrame, path: Path) -> Path:
     """World-model success vs sim success, one point per policy, with the diagonal."""
     import matplotlib
@@ -313,7 +325,8 @@ def scatter_plot(table: pd.DataFrame, path: Path) -> Path:
 
     figure, axis = plt.subplots(figsize=(4.2, 4.0))
     axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
-    for _, row in table.iterrows():
+    points = list(zip(table["sim_success"], table["wm_success"], strict=True))
+    for (_, row), offset in zip(table.iterrows(), label_offsets(points), strict=True):
         x, y = row["sim_success"], row["wm_success"]
         axis.errorbar(
             x, y,
@@ -321,7 +334,7 @@ def scatter_plot(table: pd.DataFrame, path: Path) -> Path:
             yerr=[[y - row["wm_success_lo"]], [row["wm_success_hi"] - y]],
             fmt="o", capsize=2,
         )  # fmt: skip
-        axis.annotate(row["policy"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        axis.annotate(row["policy"], (x, y), textcoords="offset points", xytext=offset, fontsize=7)
     axis.set_xlim(-0.03, 1.03)
     axis.set_ylim(-0.03, 1.03)
     axis.set_xlabel("success in the sim (truth)")

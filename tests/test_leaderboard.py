@@ -165,6 +165,14 @@ def test_agreement_replays_only_episodes_not_replayed_before(tmp_path, monkeypat
     assert len(asked) == 2 and fewer["seed"].tolist() == [1]
 
 
+def test_agreement_plot_labels_of_close_policies_do_not_overlap():
+    from benchmarks.agreement import label_offsets
+
+    offsets = label_offsets([(0.0, 0.06), (0.03, 0.06), (0.0, 0.07), (0.9, 0.6)])
+    assert len({dy for _, dy in offsets[:3]}) == 3  # three close points: three label heights
+    assert offsets[3] == offsets[0]  # a point far from the others keeps the default place
+
+
 def test_log_rows_for_keys(tmp_path):
     log = EpisodeLog(tmp_path / "episodes.jsonl")
     for seed in range(3):
