@@ -11,6 +11,8 @@ them: the share of sim failures judged successes is the judge's hallucinated-suc
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -164,9 +166,25 @@ class ReplayPolicy:
         return action
 
 
-def judge_replays(suite: Suite, sim_dir: Path, sim_rows, out_dir: Path) -> pd.DataFrame:
-    """Replay every clean sim episode's actions in the world model from the same start, judge
-    the generated video, and return rows (policy, task, seed, index, sim_success, wm_success)."""
+REPLAY_KEY = ("policy", "task", "seed", "index")
+REPLAY_COLUMNS = (*REPLAY_KEY, "sim_success", "wm_success", "wm_score", "judge")
+
+
+def replayable(sim_rows) -> list[dict[str, Any]]:
+    """The sim episodes that are replayed in the world model: clean, run and judged."""
+    return [
+        r
+        for r in sim_rows
+        if r["condition"] == CLEAN and r["error"] is None and r["success"] is not None
+    ]
+
+
+def judge_replays(
+    suite: Suite, sim_dir: Path, episodes: list[dict[str, Any]], out_dir: Path
+) -> Iterator[list[dict[str, Any]]]:
+    """Replay each sim episode's actions (rows of :func:`replayable`) in the world model from
+    the same start and judge the generated video; yields each batch's rows (``REPLAY_COLUMNS``)
+    as soon as it is judged."""
     from benchmarks.runner import build_judge, judge_identity
     from benchmarks.worlds import WorldModelWorld, render_starts
 
@@ -175,56 +193,54 @@ def judge_replays(suite: Suite, sim_dir: Path, sim_rows, out_dir: Path) -> pd.Da
     world = WorldModelWorld(clean_suite, starts)
     judge = build_judge(suite)
     judge_id, _ = judge_identity(suite, judge)
-    episodes = [
-        r
-        for r in sim_rows
-        if r["condition"] == CLEAN and r["error"] is None and r["success"] is not None
-    ]
-    results = []
-    for i in range(0, len(episodes), world.batch_size):
-        batch = episodes[i : i + world.batch_size]
-        keys = [EpisodeKey(r["policy"], r["task"], CLEAN, r["seed"], r["index"]) for r in batch]
-        policies = []
-        for key in keys:
-            with np.load(episode_file(sim_dir, key)) as data:
-                policies.append(ReplayPolicy(key.policy, data["actions"]))
-        for row, result in zip(batch, world.run(keys, policies), strict=True):
-            verdict = judge.judge(result.frames, result.instruction)
-            results.append({
-                "policy": row["policy"], "task": row["task"], "seed": row["seed"],
-                "index": row["index"], "sim_success": bool(row["success"]),
-                "wm_success": verdict.success, "wm_score": verdict.score, "judge": judge_id,
-            })  # fmt: skip
-    world.close()
-    return pd.DataFrame(results)
-
-
-REPLAY_KEY = ("policy", "task", "seed", "index")
+    try:
+        for i in range(0, len(episodes), world.batch_size):
+            batch = episodes[i : i + world.batch_size]
+            keys = [EpisodeKey(r["policy"], r["task"], CLEAN, r["seed"], r["index"]) for r in batch]
+            policies = []
+            for key in keys:
+                with np.load(episode_file(sim_dir, key)) as data:
+                    policies.append(ReplayPolicy(key.policy, data["actions"]))
+            rows = []
+            for row, result in zip(batch, world.run(keys, policies), strict=True):
+                verdict = judge.judge(result.frames, result.instruction)
+                rows.append({
+                    "policy": row["policy"], "task": row["task"], "seed": row["seed"],
+                    "index": row["index"], "sim_success": bool(row["success"]),
+                    "wm_success": verdict.success, "wm_score": verdict.score, "judge": judge_id,
+                })  # fmt: skip
+            yield rows
+    finally:
+        world.close()
 
 
 def update_replays(suite: Suite, sim_dir: Path, sim_rows, path: Path) -> pd.DataFrame:
     """:func:`judge_replays` of the clean sim episodes in ``sim_rows``, reusing the replays
-    already judged in ``path`` (a resumed or extended run replays only its new episodes), and
-    written back to ``path``."""
-    episodes = [
-        r
-        for r in sim_rows
-        if r["condition"] == CLEAN and r["error"] is None and r["success"] is not None
-    ]
+    already judged in ``path``: a resumed or extended run replays only the episodes not judged
+    yet. ``path`` is rewritten (atomically) after every judged batch, so an interrupted run
+    keeps the batches it finished. Returns the replays of ``sim_rows``' episodes, in order."""
+    episodes = replayable(sim_rows)
+    keys = [tuple(r[k] for k in REPLAY_KEY) for r in episodes]
     done: dict[tuple, dict] = {}
     if path.exists():
         cached = pd.read_csv(path, dtype={"policy": str, "task": str})
         done = {tuple(r[k] for k in REPLAY_KEY): r for r in cached.to_dict("records")}
-    todo = [r for r in episodes if tuple(r[k] for k in REPLAY_KEY) not in done]
+
+    def write(only_these: bool) -> pd.DataFrame:
+        # while replays are still running, keep the cached rows of other episodes too
+        order = keys if only_these else keys + [k for k in done if k not in set(keys)]
+        table = pd.DataFrame([done[k] for k in order if k in done], columns=list(REPLAY_COLUMNS))
+        temporary = path.with_suffix(".tmp")
+        table.to_csv(temporary, index=False)
+        os.replace(temporary, path)
+        return table
+
+    todo = [r for r, key in zip(episodes, keys, strict=True) if key not in done]
     if todo:
-        for row in judge_replays(suite, sim_dir, todo, path.parent).to_dict("records"):
-            done[tuple(row[k] for k in REPLAY_KEY)] = row
-    replays = pd.DataFrame(
-        [done[tuple(r[k] for k in REPLAY_KEY)] for r in episodes],
-        columns=[*REPLAY_KEY, "sim_success", "wm_success", "wm_score", "judge"],
-    )
-    replays.to_csv(path, index=False)
-    return replays
+        for batch in judge_replays(suite, sim_dir, todo, path.parent):
+            done.update({tuple(row[k] for k in REPLAY_KEY): row for row in batch})
+            write(only_these=False)
+    return write(only_these=True)
 
 
 def replay_summary(replays: pd.DataFrame) -> dict[str, Any]:

@@ -133,17 +133,18 @@ def test_agreement_replays_only_episodes_not_replayed_before(tmp_path, monkeypat
     from benchmarks import agreement
 
     asked = []
+    crash_at_seed = None
 
     def fake_replays(suite, sim_dir, rows, out_dir):
         asked.append([(r["seed"], r["index"]) for r in rows])
-        return pd.DataFrame(
-            [
+        for r in rows:  # one batch per episode
+            if r["seed"] == crash_at_seed:
+                raise KeyboardInterrupt
+            yield [
                 {"policy": r["policy"], "task": r["task"], "seed": r["seed"], "index": r["index"],
                  "sim_success": bool(r["success"]), "wm_success": r["seed"] % 2 == 0,
                  "wm_score": 0.5, "judge": "probe:probe"}
-                for r in rows
-            ]
-        )  # fmt: skip
+            ]  # fmt: skip
 
     monkeypatch.setattr(agreement, "judge_replays", fake_replays)
     path = tmp_path / "replays.csv"
@@ -151,8 +152,14 @@ def test_agreement_replays_only_episodes_not_replayed_before(tmp_path, monkeypat
     rows = [row("a", "lift", "clean", s, s, s == 1) for s in range(3)]
     rows.append(row("a", "lift", "distract", 0, 0, True))  # not clean: never replayed
     rows.append(row("a", "lift", "clean", 3, 3, None, error="down"))  # errored: never replayed
+    crash_at_seed = 1  # interrupted after the first batch: that batch is kept
+    with pytest.raises(KeyboardInterrupt):
+        agreement.update_replays(suite, tmp_path, rows[:2], path)
+    assert pd.read_csv(path)["seed"].tolist() == [0]
+    crash_at_seed = None
+    asked.clear()
     first = agreement.update_replays(suite, tmp_path, rows[:2], path)
-    assert asked == [[(0, 0), (1, 1)]] and len(first) == 2
+    assert asked == [[(1, 1)]] and len(first) == 2
     extended = agreement.update_replays(suite, tmp_path, rows, path)
     assert asked[1] == [(2, 2)]  # only the new clean episode
     assert extended["seed"].tolist() == [0, 1, 2] and extended["wm_success"].tolist() == [
