@@ -274,7 +274,7 @@ class AgreementConfig:
     out: Path = Path("outputs/agreement")
     """run directory: sim/ and wm/ hold each world's resumable episode log."""
     seeds: tuple[int, ...] | None = None
-    """override the suite's start seeds."""
+    """override the suite's start seeds (more seeds on a finished run's --out run only the new starts)."""
     bundle: Path | None = None
     """override the world-model bundle."""
     workers: int = 1

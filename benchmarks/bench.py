@@ -42,7 +42,7 @@ class LeaderboardConfig:
     num_envs: int | None = None
     """override the world model's batch (episodes per model call)."""
     seeds: tuple[int, ...] | None = None
-    """override the suite's start seeds."""
+    """override the suite's start seeds (more seeds on a finished run's --out run only the new starts)."""
     workers: int = 1
     """local worker processes (1: in this process)."""
     ray_address: str | None = None
