@@ -38,8 +38,8 @@ class StartSet:
     """An indexable collection of :class:`Start`.
 
     Starts from a dataset are loaded lazily: :meth:`load` reads only the episode table, and a
-    start's frame is decoded the first time it is indexed (then kept). Loading a 1600-episode
-    dataset this way takes well under a second instead of decoding every episode's video.
+    start's frame is decoded the first time it is indexed (then kept). A 1600-episode dataset
+    loads in about 2 s this way, where decoding every episode's video took 50 s.
     """
 
     def __init__(self, starts: Sequence[Start | Callable[[], Start]]) -> None:
