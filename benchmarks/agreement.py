@@ -170,6 +170,11 @@ REPLAY_KEY = ("policy", "task", "seed", "index")
 REPLAY_COLUMNS = (*REPLAY_KEY, "sim_success", "wm_success", "wm_score", "judge")
 
 
+def replay_key(row: dict[str, Any]) -> tuple:
+    """A replay's identity: its sim episode's (policy, task, seed, index)."""
+    return tuple(row[k] for k in REPLAY_KEY)
+
+
 def replayable(sim_rows) -> list[dict[str, Any]]:
     """The sim episodes that are replayed in the world model: clean, run and judged."""
     return [
@@ -220,15 +225,16 @@ def update_replays(suite: Suite, sim_dir: Path, sim_rows, path: Path) -> pd.Data
     yet. ``path`` is rewritten (atomically) after every judged batch, so an interrupted run
     keeps the batches it finished. Returns the replays of ``sim_rows``' episodes, in order."""
     episodes = replayable(sim_rows)
-    keys = [tuple(r[k] for k in REPLAY_KEY) for r in episodes]
+    keys = [replay_key(r) for r in episodes]
+    wanted = set(keys)
     done: dict[tuple, dict] = {}
     if path.exists():
         cached = pd.read_csv(path, dtype={"policy": str, "task": str})
-        done = {tuple(r[k] for k in REPLAY_KEY): r for r in cached.to_dict("records")}
+        done = {replay_key(r): r for r in cached.to_dict("records")}
 
     def write(only_these: bool) -> pd.DataFrame:
         # while replays are still running, keep the cached rows of other episodes too
-        order = keys if only_these else keys + [k for k in done if k not in set(keys)]
+        order = keys if only_these else keys + [k for k in done if k not in wanted]
         table = pd.DataFrame([done[k] for k in order if k in done], columns=list(REPLAY_COLUMNS))
         temporary = path.with_suffix(".tmp")
         table.to_csv(temporary, index=False)
@@ -238,7 +244,7 @@ def update_replays(suite: Suite, sim_dir: Path, sim_rows, path: Path) -> pd.Data
     todo = [r for r, key in zip(episodes, keys, strict=True) if key not in done]
     if todo:
         for batch in judge_replays(suite, sim_dir, todo, path.parent):
-            done.update({tuple(row[k] for k in REPLAY_KEY): row for row in batch})
+            done.update({replay_key(row): row for row in batch})
             write(only_these=False)
     return write(only_these=True)
 

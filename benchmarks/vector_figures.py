@@ -9,7 +9,8 @@ model call per step) and N single ``WorldModelEnv`` instances, then times them i
 rounds (every setup steps ``--steps`` times per round), so that a machine whose speed drifts
 during the run slows every setup alike; each setup's rate is its median round. It reports env
 steps per second, the speedup of the vector env over the single envs in the same dtype, and over
-the fastest single-env setting of any dtype. Writes ``benchmarks/results/vector_figures.json`` and ``.md``.
+the fastest single-env setting of any dtype. Writes ``benchmarks/results/vector_figures.json``
+and ``.md``.
 """
 
 from __future__ import annotations

@@ -717,10 +717,10 @@ class LeRobotDataset:
         ``count`` decodes only the episode's first ``count`` frames (all when it is None or
         larger than the episode): a start state needs one frame, not the whole video.
         """
-        key, row = self.camera_key(camera), self._row(ep)
-        length = self.length(ep)
         if count is not None and count < 1:
             raise ValueError(f"count must be >= 1; got {count}")
+        key, row = self.camera_key(camera), self._row(ep)
+        length = self.length(ep)
         return decode_video(
             self.video_path(ep, camera),
             expected_frames=length if count is None else min(count, length),
