@@ -283,6 +283,12 @@ class AgreementConfig:
     """override the suite's start seeds (more seeds on a finished run's --out run only the new starts)."""
     bundle: Path | None = None
     """override the world-model bundle."""
+    dtype: str | None = None
+    """override the world model's autocast dtype: fp32, bf16 or fp16."""
+    num_steps: int | None = None
+    """override the world model's denoising steps per frame."""
+    judge_inputs: str | None = None
+    """probe judge only: "latents" judges the world model's own latents (no decoding)."""
     workers: int = 1
     """local worker processes for the sim side."""
     threads: int | None = None
@@ -293,7 +299,14 @@ def run_agreement(config: AgreementConfig) -> dict[str, Path]:
     from benchmarks.bench import LeaderboardConfig, configured_suite
 
     suite = configured_suite(
-        LeaderboardConfig(suite=config.suite, seeds=config.seeds, bundle=config.bundle)
+        LeaderboardConfig(
+            suite=config.suite,
+            seeds=config.seeds,
+            bundle=config.bundle,
+            dtype=config.dtype,
+            num_steps=config.num_steps,
+            judge_inputs=config.judge_inputs,
+        )  # fmt: skip
     )
     if suite.world.type != "world_model":
         suite = suite.with_world(replace(suite.world, type="world_model"))

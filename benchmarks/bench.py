@@ -41,6 +41,12 @@ class LeaderboardConfig:
     """override the world-model bundle."""
     num_envs: int | None = None
     """override the world model's batch (episodes per model call)."""
+    dtype: str | None = None
+    """override the world model's autocast dtype: fp32, bf16 or fp16."""
+    num_steps: int | None = None
+    """override the world model's denoising steps per frame."""
+    judge_inputs: str | None = None
+    """probe judge only: "latents" judges the world model's own latents (no decoding)."""
     seeds: tuple[int, ...] | None = None
     """override the suite's start seeds (more seeds on a finished run's --out run only the new starts)."""
     workers: int = 1
@@ -57,9 +63,14 @@ def configured_suite(config: LeaderboardConfig) -> Suite:
     """The suite file with the command line's overrides applied."""
     suite = load_suite(config.suite, {"seeds": list(config.seeds)} if config.seeds else None)
     overrides = {"type": config.world, "bundle": config.bundle and str(config.bundle),
-                 "num_envs": config.num_envs}  # fmt: skip
+                 "num_envs": config.num_envs, "dtype": config.dtype,
+                 "num_steps": config.num_steps}  # fmt: skip
     given = {k: v for k, v in overrides.items() if v is not None}
-    return suite.with_world(dataclasses.replace(suite.world, **given))
+    suite = suite.with_world(dataclasses.replace(suite.world, **given))
+    if config.judge_inputs is not None:
+        options = {**suite.judge.options, "inputs": config.judge_inputs}
+        suite = dataclasses.replace(suite, judge=dataclasses.replace(suite.judge, options=options))
+    return suite
 
 
 def editors_of(suite: Suite) -> str:

@@ -4,7 +4,8 @@ The leaderboard steps the world model without decoding (``WorldModel.step(decode
 keeps the latents; a frame is decoded when a policy looks at it, when the judge samples it, or
 when the episode's video is saved. Open-loop and random policies never look, the probe judge
 samples a few frames, and only ``VIDEOS_PER_CELL`` episodes per cell are saved, so most frames
-of a suite are never decoded.
+of a suite are never decoded. A judge that reads latents (the probe with ``inputs="latents"``)
+takes them from :meth:`LazyFrames.raw_latents` and decodes none.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class LazyFrames:
         latents: float ``(T, L, D)`` normalised latents of the frames after each step.
         residual: float ``(H, W, 3)`` the episode's row of ``model.residuals`` (None: plain).
         known: frames already decoded during the episode, by index (1..T).
+        start_latents: float ``(L, D)`` normalised latents of the start frame (None: encoded
+            from ``start`` when :meth:`raw_latents` needs them).
     """
 
     def __init__(
@@ -35,6 +38,7 @@ class LazyFrames:
         latents: torch.Tensor,
         residual: torch.Tensor | None,
         known: dict[int, np.ndarray] | None = None,
+        start_latents: torch.Tensor | None = None,
     ) -> None:
         if start.dtype != np.uint8 or start.ndim != 3 or start.shape[-1] != 3:
             raise ValueError(f"start must be uint8 (H, W, 3); got {start.dtype} {start.shape}")
@@ -43,6 +47,7 @@ class LazyFrames:
         self.model = model
         self.latents = latents
         self.residual = residual
+        self.start_latents = start_latents
         self._frames: dict[int, np.ndarray] = {**(known or {}), 0: start}
 
     @property
@@ -65,6 +70,22 @@ class LazyFrames:
         if wanted.size == 0:
             return np.empty((0, *self.shape[1:]), np.uint8)
         return np.stack([self._frames[int(i)] for i in wanted])
+
+    @property
+    def latent_space(self) -> list[str]:
+        """SHA-256 of the encoder (and adapter) weights whose latent space the latents are in."""
+        from wm_env.bundle import latent_space_hashes
+
+        return latent_space_hashes(self.model.config)
+
+    def raw_latents(self, index) -> torch.Tensor:
+        """float ``(m, L, D)``: the latents of frames ``index`` in the encoder's own units (not
+        the world model's normalisation), without decoding; frame 0 is the start frame's."""
+        wanted = np.atleast_1d(np.arange(len(self))[index])
+        if self.start_latents is None:
+            self.start_latents = self.model.encode(self._frames[0][None])[0]  # (L, D)
+        every = torch.cat([self.start_latents[None].to(self.latents), self.latents])  # (T+1, L, D)
+        return self.model.unnormalize(every[torch.as_tensor(wanted)]).float()
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         frames = self[:]

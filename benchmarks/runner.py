@@ -127,11 +127,13 @@ def recorded_run(out_dir: Path) -> dict[str, Any]:
     return json.loads(run_file.read_text()) if run_file.exists() else {}
 
 
-def only_seeds_differ(recorded: dict[str, Any], suite: Suite) -> bool:
-    """Whether a recorded run's suite is ``suite`` with other start seeds.
+def continues(recorded: dict[str, Any], suite: Suite) -> bool:
+    """Whether ``suite`` may go on with a recorded run of another suite hash.
 
-    Such a run may go on in the same directory: every row is keyed by its seed and episode
-    index (which do not change when seeds are added), so more seeds only add episodes.
+    It may when the two differ only in what does not change the episodes already logged: the
+    start seeds (every row is keyed by its seed and episode index, which do not change when
+    seeds are added, so more seeds only add episodes), and in the sim the judge (the sim's
+    oracle decides there; the suite's judge is the world model's).
     """
     config = recorded.get("suite_config")
     if not config:
@@ -140,7 +142,10 @@ def only_seeds_differ(recorded: dict[str, Any], suite: Suite) -> bool:
         before = suite_from_dict(config)
     except (ValueError, TypeError, KeyError):
         return False
-    return replace(before, seeds=suite.seeds).hash() == suite.hash()
+    before = replace(before, seeds=suite.seeds)
+    if suite.world.type == "sim" and before.world.type == "sim":
+        before = replace(before, judge=suite.judge)
+    return before.hash() == suite.hash()
 
 
 def check_run_dir(out_dir: Path, suite: Suite) -> None:
@@ -148,13 +153,10 @@ def check_run_dir(out_dir: Path, suite: Suite) -> None:
 
     A suite that differs only in its seeds is the same suite: adding seeds to a finished run
     runs only the new starts (callers aggregate :meth:`EpisodeLog.rows_for` the suite's keys).
+    So is a sim suite that differs only in its (unused) judge; see :func:`continues`.
     """
     recorded = recorded_run(out_dir)
-    if (
-        recorded
-        and recorded.get("suite_sha256") != suite.hash()
-        and not only_seeds_differ(recorded, suite)
-    ):
+    if recorded and recorded.get("suite_sha256") != suite.hash() and not continues(recorded, suite):
         raise ValueError(
             f"{out_dir} holds a run of a different suite (sha256 {str(recorded.get('suite_sha256'))[:12]} vs "
             f"{suite.hash()[:12]}): {REFUSE_RESUME}"

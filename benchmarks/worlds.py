@@ -215,6 +215,7 @@ class WorldModelWorld:
         ]
         slots = [PolicySlot(p, t) for p, t in zip(policies, told, strict=True)]
         residuals = self.model.residuals  # (N, H, W, 3) or None
+        start_latents = self.model.latest_latents[:n].clone()  # (n, L, D)
         low, high = self.env.single_action_space.low, self.env.single_action_space.high
         known: list[dict[int, np.ndarray]] = [{} for _ in range(n)]  # frames decoded so far
         latents, actions = [], []  # per step: (n, L, D), (n, 7)
@@ -247,6 +248,7 @@ class WorldModelWorld:
                     stacked[i],
                     None if residuals is None else residuals[i].clone(),
                     known[i],
+                    start_latents[i],
                 ),
                 acted[i],
                 seconds,

@@ -72,9 +72,14 @@ def check_judge_input(frames, instruction: str) -> np.ndarray:
         raise ValueError(
             f"frames must be uint8 (T, H, W, 3) with T >= 1; got {frames.dtype} {frames.shape}"
         )
+    check_instruction(instruction)
+    return frames
+
+
+def check_instruction(instruction: str) -> None:
+    """Raise ``ValueError`` unless ``instruction`` is a non-empty string."""
     if not isinstance(instruction, str) or not instruction.strip():
         raise ValueError("instruction must be a non-empty string")
-    return frames
 
 
 def text_sha256(text: str) -> str:

@@ -40,11 +40,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from judges.base import Verdict, check_judge_input
+from judges.base import Verdict, check_instruction, check_judge_input
 
 PROBE_SECTION = "probe"
 FRAME_ENCODERS = ("conv", "linear")
 INSTRUCTION_MODES = ("slots", "family", "none")
+INPUTS = ("frames", "latents")
 # Slot vocabularies; index 0 ("none") is a missing slot or an instruction that is no template.
 FAMILIES = ("none", "lift", "stack", "push", "place")
 COLORS = ("none", "red", "green", "blue", "yellow")  # wm_env.sim.tasks.TASK_COLORS
@@ -218,8 +219,16 @@ class ProbeJudge:
 
     Use :meth:`from_pretrained`. ``threshold`` on ``p(success)`` decides (0.5 by default).
 
+    ``inputs="latents"``: a world-model video that carries its latents (``raw_latents`` and
+    ``latent_space``, as the leaderboard's lazily decoded videos do) is judged on the world
+    model's own latents of the sampled frames when they are in the probe's latent space, instead
+    of decoding those frames and encoding them again; pixel videos (the sim's, or a world model
+    with another encoder) are still encoded. It saves a decode and an encode per sampled frame,
+    but the probe then reads the model's predicted latents where it was trained on encoded frames,
+    so its verdicts can differ: the README's agreement section measures both.
+
     Attributes:
-        name: ``probe:<probe directory name>``.
+        name: ``probe:<probe directory name>``, with ``+latents`` when it reads latents.
         prompt_hash: the SHA-256 of the probe's weights. A probe asks no question; its weights
             decide its verdicts, so results (and resumed runs) tell two probes of one name apart.
     """
@@ -235,15 +244,24 @@ class ProbeJudge:
         threshold: float = 0.5,
         device: str | torch.device = "cpu",
         weights_sha256: str = "",
+        inputs: str = "frames",
+        latent_space: list[str] | None = None,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1); got {threshold}")
+        if inputs not in INPUTS:
+            from wm_env.errors import lookup
+
+            lookup("probe inputs", inputs, dict.fromkeys(INPUTS))
         self.device = torch.device(device)
         self.probe = probe.to(self.device).eval().requires_grad_(False)
         self.encoder, self.adapter = encoder, adapter
         self.latent_mean = latent_mean.to(self.device)  # (D,)
         self.latent_std = latent_std.to(self.device)  # (D,)
-        self.name, self.threshold = name, threshold
+        self.inputs = inputs
+        self.latent_space = list(latent_space or [])  # encoder/adapter SHA-256 of the latents
+        self.name = name + ("+latents" if inputs == "latents" else "")
+        self.threshold = threshold
         self.prompt_hash = weights_sha256
         self.last_seconds = 0.0
 
@@ -254,8 +272,12 @@ class ProbeJudge:
         bundle: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         threshold: float | None = None,
+        inputs: str = "frames",
     ) -> ProbeJudge:
         """Load a probe directory and its bundle's encoder (``bundle`` overrides the recorded one).
+
+        ``inputs``: ``frames`` (encode the sampled frames) or ``latents`` (read a world-model
+        video's own latents where it has them; see the class docstring).
 
         Raises:
             BundleError: not a probe directory, or the bundle's encoder/adapter weights are not
@@ -300,14 +322,27 @@ class ProbeJudge:
             threshold=section.get("threshold", 0.5) if threshold is None else threshold,
             device=device,
             weights_sha256=config["files"][section["weights"]]["sha256"],
+            inputs=inputs,
+            latent_space=section["encoder_sha256"],
         )
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 frames ``(N, H, W, 3)`` -> normalised latents ``(N, L, D)``."""
         images = torch.as_tensor(np.ascontiguousarray(frames), device=self.device)
-        latents = self.adapter.encode(self.encoder.encode(images)).float()
-        return (latents - self.latent_mean) / self.latent_std
+        return self.normalize(self.adapter.encode(self.encoder.encode(images)))
+
+    def normalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """The encoder's own latents ``(N, L, D)`` -> the probe's normalised inputs."""
+        return (latents.to(self.device).float() - self.latent_mean) / self.latent_std
+
+    def reads_latents_of(self, frames) -> bool:
+        """Whether :meth:`judge` would read ``frames``' latents rather than encode its pixels."""
+        return (
+            self.inputs == "latents"
+            and hasattr(frames, "raw_latents")
+            and list(getattr(frames, "latent_space", [])) == self.latent_space
+        )
 
     @torch.no_grad()
     def probability(self, latents: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
@@ -318,19 +353,25 @@ class ProbeJudge:
         """The probe's verdict on frames ``(T, H, W, 3)`` (only the sampled ``F`` are encoded).
 
         ``frames`` may also be a lazily decoded video (``benchmarks.lazy_frames.LazyFrames``):
-        then only the sampled frames are decoded.
+        then only the sampled frames are decoded, or none when the probe reads latents.
         """
         count = self.probe.config.num_frames
         if isinstance(frames, (np.ndarray, list, tuple)):  # arrays: one frame or a list of them
             frames = check_judge_input(frames, instruction)
         total = len(frames)  # a lazy video decodes only the sampled frames here
-        frames = check_judge_input(frames[uniform_frame_indices(total, count)], instruction)
+        indices = uniform_frame_indices(total, count)
         start = time.perf_counter()
+        if self.reads_latents_of(frames):
+            check_instruction(instruction)
+            latents = self.normalize(frames.raw_latents(indices))  # (F, L, D)
+            read = "world-model latents"
+        else:
+            latents = self.encode(check_judge_input(frames[indices], instruction))  # (F, L, D)
+            read = "frames"
         ids = instruction_ids(instruction, self.probe.config.instruction)
-        latents = self.encode(frames)[None]  # (1, F, L, D)
-        p = float(self.probability(latents, torch.as_tensor(ids)[None])[0])
+        p = float(self.probability(latents[None], torch.as_tensor(ids)[None])[0])
         self.last_seconds = time.perf_counter() - start
-        rationale = f"probe p(success) {p:.3f} ({count} frames sampled of {total}); "
+        rationale = f"probe p(success) {p:.3f} ({count} {read} sampled of {total}); "
         rationale += describe_instruction_ids(ids)
         return Verdict(p >= self.threshold, p, rationale)
 

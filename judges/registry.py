@@ -22,7 +22,7 @@ from typing import Any
 from wm_env.errors import lookup
 
 KINDS = ("probe", "vlm", "openai")
-PROBE_OPTIONS = ("bundle", "device", "threshold")
+PROBE_OPTIONS = ("bundle", "device", "threshold", "inputs")
 
 
 def detect_kind(location: str) -> str:

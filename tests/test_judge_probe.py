@@ -303,6 +303,59 @@ def test_probe_judge_rejects_bad_input_and_a_changed_encoder(
         ProbeJudge.from_pretrained(labelled_bundle)
 
 
+def test_probe_reading_latents_judges_a_world_model_video_without_decoding_it(
+    trained_probe, labelled_bundle, monkeypatch
+):
+    """``inputs="latents"`` reads a lazy world-model video's latents (the encoder's, when they
+    are a real episode's: then the verdict equals judging its frames) and decodes nothing; pixel
+    videos, and latents of another latent space, are still encoded."""
+    from benchmarks.lazy_frames import LazyFrames
+    from judges.probe import ProbeJudge
+    from judges.registry import load_judge
+    from wm_env.world_model import WorldModel
+
+    frames_judge = ProbeJudge.from_pretrained(trained_probe)
+    judge = load_judge("probe", path=str(trained_probe), inputs="latents")
+    assert judge.name == frames_judge.name + "+latents"
+    assert judge.prompt_hash == frames_judge.prompt_hash
+    wm = WorldModel.from_pretrained(labelled_bundle)
+    decoded = []
+    original_decode = WorldModel.decode
+    monkeypatch.setattr(
+        WorldModel,
+        "decode",
+        lambda self, z, r=None: decoded.append(len(z)) or original_decode(self, z, r),
+    )
+    for frames in (  # a success (ends right) and a failure (ends left)
+        np.stack([render(12 + 2 * t, 16) for t in range(12)]),
+        np.stack([render(20 - 2 * t, 16) for t in range(12)]),
+    ):
+        video = LazyFrames(wm, frames[0], wm.encode(frames[1:]), None)  # no start latents
+        lazy = judge.judge(video, INSTRUCTION)
+        pixels = frames_judge.judge(frames, INSTRUCTION)
+        assert decoded == [] and video.decoded == 1  # only the start frame, handed in
+        assert lazy.success == pixels.success and lazy.score == pytest.approx(pixels.score, abs=1e-4)
+        assert "world-model latents" in lazy.rationale and "frames sampled" in pixels.rationale
+        # the start frame's latents, when handed in, are used as they are
+        given = LazyFrames(wm, frames[0], video.latents, None, start_latents=wm.encode(frames[:1])[0])
+        assert judge.judge(given, INSTRUCTION).score == pytest.approx(lazy.score, abs=1e-5)
+        # the frames judge decodes the sampled frames of the same video (the tiny autoencoder's
+        # round trip can change the verdict: why the two ways are measured apart)
+        frames_judge.judge(video, INSTRUCTION)
+        assert sum(decoded) == judge.probe.config.num_frames - 1  # the start needs no decoding
+        decoded.clear()
+    # plain arrays (a sim video) have no latents: encoded as frames_judge does
+    assert judge.judge(frames, INSTRUCTION).score == pytest.approx(pixels.score, abs=1e-6)
+    # a world model of another latent space: its latents mean nothing to the probe
+    video = LazyFrames(wm, frames[0], wm.encode(frames[1:]), None)
+    monkeypatch.setattr(LazyFrames, "latent_space", property(lambda self: ["another encoder"]))
+    assert "frames sampled" in judge.judge(video, INSTRUCTION).rationale and decoded
+    with pytest.raises(KeyError, match="did you mean 'latents'"):
+        load_judge("probe", path=str(trained_probe), inputs="latent")
+    with pytest.raises(ValueError, match="instruction"):
+        judge.judge(LazyFrames(wm, frames[0], video.latents, None), "")
+
+
 # ---------------------------------------------------------------------- replays and calibration
 def test_replays_follow_each_episodes_actions_whatever_the_batch(labelled_bundle):
     from judges.calibrate import replay_actions

@@ -390,3 +390,54 @@ def test_world_options_added_later_change_the_hash_only_when_set():
     for option in ({"dtype": "bf16"}, {"num_steps": 2}):
         changed = suite_from_dict({**SUITE, "world": {**SUITE["world"], **option}})
         assert changed.hash() != suite.hash()
+
+
+def test_a_sim_run_continues_under_another_judge_but_a_world_model_run_does_not():
+    """The sim's oracle decides there, so the suite's judge does not change a sim log's rows."""
+    from benchmarks.runner import continues
+
+    def run_of(suite):
+        return {"suite_config": suite.to_dict()}
+
+    probe = {"spec": "probe", "path": "models/probe"}
+    latents = {**probe, "options": {"inputs": "latents"}}
+    sim = {**SUITE, "world": {"type": "sim", "bundle": "models/default"}}
+    recorded = run_of(suite_from_dict(sim))
+    assert continues(recorded, suite_from_dict({**sim, "judge": latents}))
+    assert continues(recorded, suite_from_dict({**sim, "judge": latents, "seeds": [0, 5]}))
+    assert not continues(recorded, suite_from_dict({**sim, "judge": latents, "episode_length": 9}))
+    wm = suite_from_dict(SUITE)
+    assert not continues(run_of(wm), suite_from_dict({**SUITE, "judge": latents}))
+    assert continues(run_of(wm), suite_from_dict({**SUITE, "seeds": [7]}))
+    assert not continues({}, wm) and not continues({"suite_config": {"name": 3}}, wm)
+
+
+def test_command_line_overrides_of_the_world_and_the_judge(tmp_path):
+    from benchmarks.agreement import AgreementConfig
+    from benchmarks.bench import LeaderboardConfig, configured_suite
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(json.dumps(SUITE))  # JSON is YAML
+    plain = configured_suite(LeaderboardConfig(suite=path))
+    assert plain == suite_from_dict(SUITE)
+    fast = configured_suite(
+        LeaderboardConfig(suite=path, dtype="bf16", num_steps=1, judge_inputs="latents")
+    )
+    assert (fast.world.dtype, fast.world.num_steps) == ("bf16", 1)
+    assert fast.judge.options == {"inputs": "latents"} and fast.judge.path == "models/probe"
+    assert fast.policies == plain.policies and fast.hash() != plain.hash()
+    assert {"dtype", "num_steps", "judge_inputs"} <= set(vars(AgreementConfig()))
+    with pytest.raises(UnknownNameError, match="did you mean 'bf16'"):
+        configured_suite(LeaderboardConfig(suite=path, dtype="bf61"))
+
+
+def test_throughput_settings_parse_dtype_steps_and_judge_inputs():
+    from benchmarks.leaderboard_figures import describe_setting, parse_setting, suite_for
+
+    assert parse_setting("fp32") == ("fp32", None, "frames")
+    assert parse_setting(" bf16x2") == ("bf16", 2, "frames")
+    assert parse_setting("bf16x1+latents") == ("bf16", 1, "latents")
+    assert describe_setting(*parse_setting("fp32")) == "fp32 (default)"
+    assert describe_setting(*parse_setting("bf16x1+latents")) == "bf16, 1 steps, judge reads latents"
+    suite = suite_from_dict(suite_for({"type": "sim"}, 9, "models/probe", 40, "latents"))
+    assert suite.seeds == (0, 1, 2) and suite.judge.options == {"inputs": "latents"}

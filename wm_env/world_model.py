@@ -389,9 +389,13 @@ class WorldModel:
         with plain decoding); pass rows of it to :meth:`decode`."""
         return self._require_state().residual
 
+    def unnormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents ``(..., L, D)`` -> the encoder's (+ adapter's) own latents."""
+        return latents * self.latent_std + self.latent_mean
+
     def _decode_float(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents ``(B, L, D)`` -> float images ``(B, H, W, 3)``, unclamped."""
-        raw = latents * self.latent_std + self.latent_mean  # (B, L, D)
+        raw = self.unnormalize(latents)  # (B, L, D)
         chunks = raw.split(self.decode_chunk) if self.decode_chunk else (raw,)
         with self._autocast():
             return torch.cat([self._decode_raw(chunk).float() for chunk in chunks])
