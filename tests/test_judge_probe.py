@@ -334,10 +334,14 @@ def test_probe_reading_latents_judges_a_world_model_video_without_decoding_it(
         lazy = judge.judge(video, INSTRUCTION)
         pixels = frames_judge.judge(frames, INSTRUCTION)
         assert decoded == [] and video.decoded == 1  # only the start frame, handed in
-        assert lazy.success == pixels.success and lazy.score == pytest.approx(pixels.score, abs=1e-4)
+        assert lazy.success == pixels.success and lazy.score == pytest.approx(
+            pixels.score, abs=1e-4
+        )
         assert "world-model latents" in lazy.rationale and "frames sampled" in pixels.rationale
         # the start frame's latents, when handed in, are used as they are
-        given = LazyFrames(wm, frames[0], video.latents, None, start_latents=wm.encode(frames[:1])[0])
+        given = LazyFrames(
+            wm, frames[0], video.latents, None, start_latents=wm.encode(frames[:1])[0]
+        )
         assert judge.judge(given, INSTRUCTION).score == pytest.approx(lazy.score, abs=1e-5)
         # the frames judge decodes the sampled frames of the same video (the tiny autoencoder's
         # round trip can change the verdict: why the two ways are measured apart)

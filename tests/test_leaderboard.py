@@ -438,6 +438,8 @@ def test_throughput_settings_parse_dtype_steps_and_judge_inputs():
     assert parse_setting(" bf16x2") == ("bf16", 2, "frames")
     assert parse_setting("bf16x1+latents") == ("bf16", 1, "latents")
     assert describe_setting(*parse_setting("fp32")) == "fp32 (default)"
-    assert describe_setting(*parse_setting("bf16x1+latents")) == "bf16, 1 steps, judge reads latents"
+    assert (
+        describe_setting(*parse_setting("bf16x1+latents")) == "bf16, 1 steps, judge reads latents"
+    )
     suite = suite_from_dict(suite_for({"type": "sim"}, 9, "models/probe", 40, "latents"))
     assert suite.seeds == (0, 1, 2) and suite.judge.options == {"inputs": "latents"}
