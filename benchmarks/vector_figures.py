@@ -34,7 +34,9 @@ RESULTS = Path(__file__).parent / "results"
 class VectorSetup:
     """N episodes in one vector env: one batched model call per step."""
 
-    def __init__(self, bundle: Path, starts, n: int, dtype: str | None) -> None:
+    def __init__(
+        self, bundle: Path, starts, n: int, dtype: str | None, num_steps: int | None = None
+    ) -> None:
         self.n = n
         self.env = gym.make_vec(
             wm_env.WORLD_MODEL_ENV_ID,
@@ -43,6 +45,7 @@ class VectorSetup:
             model=bundle,
             starts=starts,
             dtype=dtype,
+            num_steps=num_steps,
         )
         self.env.reset(seed=0)
         self.actions = np.zeros((n, 7), dtype=np.float32)
@@ -54,14 +57,16 @@ class VectorSetup:
 class SingleSetup:
     """N single envs, each with its own model, stepped one after the other."""
 
-    def __init__(self, bundle: Path, starts, n: int, dtype: str | None) -> None:
+    def __init__(
+        self, bundle: Path, starts, n: int, dtype: str | None, num_steps: int | None = None
+    ) -> None:
         from wm_env.world_model import WorldModel
 
         self.n = n
         self.envs = [
             gym.make(
                 wm_env.WORLD_MODEL_ENV_ID,
-                model=WorldModel.from_pretrained(bundle, dtype=dtype),
+                model=WorldModel.from_pretrained(bundle, dtype=dtype, num_steps=num_steps),
                 starts=starts,
             )
             for _ in range(n)
@@ -115,6 +120,9 @@ def main() -> None:
         default="fp32,bf16",
         help="autocast dtypes to measure (bf16 pays off on CPUs with avx512_bf16 or AMX)",
     )
+    parser.add_argument(
+        "--num-steps", type=int, default=None, help="denoising steps (default: the bundle's)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -128,13 +136,14 @@ def main() -> None:
         "bundle": str(args.bundle),
         "steps": args.steps,
         "rounds": args.rounds,
+        "num_steps": args.num_steps,
         "sizes": {},
     }
     for n in (int(x) for x in args.sizes.split(",")):
         setups: dict[str, VectorSetup | SingleSetup] = {}
         for dtype in dtypes:
-            setups[f"vector {dtype}"] = VectorSetup(args.bundle, starts, n, dtype)
-            setups[f"single {dtype}"] = SingleSetup(args.bundle, starts, n, dtype)
+            setups[f"vector {dtype}"] = VectorSetup(args.bundle, starts, n, dtype, args.num_steps)
+            setups[f"single {dtype}"] = SingleSetup(args.bundle, starts, n, dtype, args.num_steps)
         rates = interleaved_steps_per_second(setups, args.steps, args.warmup, args.rounds)
         del setups
         best_single = max(rates[f"single {dtype}"] for dtype in dtypes)
