@@ -587,9 +587,11 @@ def test_mean_head_context_noise_applies_in_training_only(bundle_copy, blob_data
             init_from=bundle_copy,
             optim=nearly_frozen,
         )  # fmt: skip
-        for sigma in (0.0, 0.5)
+        for sigma in (0.0, 2.0)
     }
-    clean, noisy = runs[0.0].iloc[0], runs[0.5].iloc[0]
+    # sigma 2: the barely trained head moves its loss by about 1e-2 (sigma 0.5: only about 1e-3,
+    # which made this test flaky against the 1e-3 margin)
+    clean, noisy = runs[0.0].iloc[0], runs[2.0].iloc[0]
     assert noisy["mean_loss"] != pytest.approx(clean["mean_loss"], rel=1e-3)  # noised in training
     # not in val (rel 1e-4: CPU reduction order may vary between runs; the noise moves it > 1e-3)
     assert noisy["val_mean_loss"] == pytest.approx(clean["val_mean_loss"], rel=1e-4)
