@@ -133,6 +133,7 @@ def replay_actions(
     seed: int = 0,
     batch: int = 16,
     progress: bool = False,
+    latents: bool = False,
 ) -> list[np.ndarray]:
     """World-model replays: episode ``i`` starts from ``first_frames[i]`` and follows ``actions[i]``.
 
@@ -140,10 +141,14 @@ def replay_actions(
         wm: a :class:`wm_env.world_model.WorldModel`.
         first_frames: uint8 ``(E, H, W, 3)``.
         actions: ``E`` float32 arrays ``(T_i, 7)``.
+        latents: return the model's latents (in the encoder's own units, as
+            :meth:`benchmarks.lazy_frames.LazyFrames.raw_latents` gives them) instead of frames;
+            nothing is decoded.
     Returns:
         ``E`` uint8 arrays ``(T_i + 1, H', W', 3)``: the start frame as the model sees it, then
-        one generated frame per action. Episodes are batched (shorter ones step on zero actions
-        past their end; those frames are dropped); episode ``i`` uses noise seed ``seed + i``.
+        one generated frame per action (with ``latents``: float32 ``(T_i + 1, L, D)``, the start
+        frame's encoding first). Episodes are batched (shorter ones step on zero actions past
+        their end; those frames are dropped); episode ``i`` uses noise seed ``seed + i``.
         ``progress`` shows a bar over episodes.
     """
     if len(first_frames) != len(actions):
@@ -156,14 +161,18 @@ def replay_actions(
         padded = np.zeros((len(chunk), steps, 7), np.float32)
         for i, a in enumerate(chunk):
             padded[i, : len(a)] = a
-        frames = [
-            wm.reset(
-                first_frames[lo : lo + len(chunk)], seed=[seed + lo + i for i in range(len(chunk))]
-            )
-        ]
+        shown = wm.reset(
+            first_frames[lo : lo + len(chunk)], seed=[seed + lo + i for i in range(len(chunk))]
+        )
+
+        def latest() -> np.ndarray:  # (b, L, D) in the encoder's units
+            return wm.unnormalize(wm.latest_latents).float().cpu().numpy()
+
+        frames = [latest() if latents else shown]
         for t in range(steps):
-            frames.append(wm.step(padded[:, t]))
-        stacked = np.stack(frames, axis=1)  # (b, steps + 1, H, W, 3)
+            shown = wm.step(padded[:, t], decode=not latents)
+            frames.append(latest() if latents else shown)
+        stacked = np.stack(frames, axis=1)  # (b, steps + 1, H, W, 3) or (b, steps + 1, L, D)
         out.extend(stacked[i, : len(a) + 1] for i, a in enumerate(chunk))
         bar.update(len(chunk))
     bar.close()
@@ -184,11 +193,12 @@ def cached_replays(
     temperature: float | None = None,
     batch: int = 16,
     progress: bool = True,
+    latents: bool = False,
 ) -> list[np.ndarray]:
     """:func:`replay_actions` with ``bundle``'s world model, cached in the npz file ``path``.
 
-    The cache is keyed by the bundle's hash, the dataset, the episode ids, the seed and the
-    sampling settings; any change replays again.
+    The cache is keyed by the bundle's hash, the dataset, the episode ids, the seed, the
+    sampling settings and whether it holds latents; any change replays again.
     """
     from wm_env.bundle import bundle_sha256
     from wm_env.world_model import WorldModel
@@ -201,6 +211,7 @@ def cached_replays(
             "seed": seed,
             "num_steps": num_steps,
             "temperature": temperature,
+            **({"latents": True} if latents else {}),  # frame caches keep their key
         },
         sort_keys=True,
     )
@@ -212,7 +223,9 @@ def cached_replays(
         bundle, device=device, num_steps=num_steps, temperature=temperature
     )
     start = time.perf_counter()
-    replays = replay_actions(wm, first_frames, actions, seed=seed, batch=batch, progress=progress)
+    replays = replay_actions(
+        wm, first_frames, actions, seed=seed, batch=batch, progress=progress, latents=latents
+    )
     if progress:
         frames = sum(len(r) - 1 for r in replays)
         print(

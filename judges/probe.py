@@ -272,12 +272,13 @@ class ProbeJudge:
         bundle: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         threshold: float | None = None,
-        inputs: str = "frames",
+        inputs: str | None = None,
     ) -> ProbeJudge:
         """Load a probe directory and its bundle's encoder (``bundle`` overrides the recorded one).
 
         ``inputs``: ``frames`` (encode the sampled frames) or ``latents`` (read a world-model
-        video's own latents where it has them; see the class docstring).
+        video's own latents where it has them; see the class docstring). None: the way its
+        world-model replays were given to it in training (``frames`` for a probe without any).
 
         Raises:
             BundleError: not a probe directory, or the bundle's encoder/adapter weights are not
@@ -322,7 +323,7 @@ class ProbeJudge:
             threshold=section.get("threshold", 0.5) if threshold is None else threshold,
             device=device,
             weights_sha256=config["files"][section["weights"]]["sha256"],
-            inputs=inputs,
+            inputs=inputs or section.get("replays", {}).get("inputs", "frames"),
             latent_space=section["encoder_sha256"],
         )
 

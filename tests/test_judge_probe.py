@@ -257,6 +257,7 @@ def test_probe_trains_on_world_model_replays_labelled_by_the_recorded_episode(
         "bundle": str(world_model),
         "bundle_sha256": bundle_sha256(world_model),
         "episodes": 10,
+        "inputs": "frames",
     }
     assert section["metrics"]["val_replay"]["n"] == section["metrics"]["val"]["n"] == 8
     # one latent cache entry per episode: 24 recorded + 10 replayed training, 8 + 8 held out
@@ -277,6 +278,56 @@ def test_probe_trains_on_world_model_replays_labelled_by_the_recorded_episode(
     )
     with pytest.raises(ValueError, match="other inputs"):
         run_probe_stage(config, progress=False)
+
+
+def test_probe_trains_on_the_world_models_own_latents_of_its_replays(
+    labelled_bundle, labelled_dataset, tmp_path
+):
+    """``replay_inputs="latents"``: replays keep the model's latents (no decoding, no encoding),
+    the probe records it and then reads latents by default."""
+    from judges.calibrate import replay_actions
+    from judges.probe import ProbeJudge
+    from train.data import load_split
+    from train.stage_probe import episode_labels, replay_arrays, run_probe_stage
+    from wm_env.bundle import read_config
+    from wm_env.dataset.lerobot import LeRobotDataset
+    from wm_env.world_model import WorldModel
+
+    wm = WorldModel.from_pretrained(labelled_bundle)
+    rng = np.random.default_rng(2)
+    starts = np.stack([render(10, 16), render(22, 12), render(16, 20)])
+    actions = [rng.uniform(-1, 1, (n, 7)).astype(np.float32) for n in (3, 5, 2)]
+    latents = replay_actions(wm, starts, actions, seed=7, batch=2, latents=True)
+    assert [r.shape for r in latents] == [(n + 1, *wm.latent_shape) for n in (3, 5, 2)]
+    assert all(r.dtype == np.float32 for r in latents)
+    # the same episodes stepped one at a time with decoding: the same latents
+    wm.reset(starts[1:2], seed=8)  # episode 1 of the batch uses seed 7 + 1
+    alone = [wm.unnormalize(wm.latest_latents)[0]]
+    for a in actions[1]:
+        wm.step(a[None])
+        alone.append(wm.unnormalize(wm.latest_latents)[0])
+    np.testing.assert_allclose(latents[1], torch.stack(alone).numpy(), atol=1e-4)
+    np.testing.assert_allclose(latents[1][0], wm.unnormalize(wm.encode(starts[1:2]))[0], atol=1e-5)
+
+    config = tiny_probe_config(
+        labelled_bundle, labelled_dataset, tmp_path, 20, replay_bundle=labelled_bundle,
+        replay_episodes=10, replay_batch=4, replay_inputs="latents",
+    )  # fmt: skip
+    probe_dir = run_probe_stage(config, progress=False)
+    section = read_config(probe_dir)["probe"]
+    assert section["replays"]["inputs"] == "latents" and section["replays"]["episodes"] == 10
+    assert section["metrics"]["val_replay"]["n"] == 8
+    _, train, _ = load_split(config.data, progress=False)
+    flags = episode_labels(LeRobotDataset(labelled_dataset), train["episode_ids"], train["lengths"])
+    replays, _ = replay_arrays(
+        config, train, flags, tmp_path / "run" / "replays_train.npz", limit=3, progress=False
+    )
+    assert "frames" not in replays
+    assert replays["latents"].shape == (int(train["lengths"][:3].sum()), *wm.latent_shape)
+    assert ProbeJudge.from_pretrained(probe_dir).inputs == "latents"  # as it was trained
+    assert ProbeJudge.from_pretrained(probe_dir, inputs="frames").inputs == "frames"
+    with pytest.raises(KeyError, match="did you mean 'latents'"):
+        tiny_probe_config(labelled_bundle, labelled_dataset, tmp_path, 1, replay_inputs="latent")
 
 
 def test_probe_judge_rejects_bad_input_and_a_changed_encoder(

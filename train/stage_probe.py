@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from judges.probe import (
+    INPUTS,
     PROBE_SECTION,
     ProbeConfig,
     SuccessProbe,
@@ -59,6 +60,10 @@ class ProbeStageConfig:
             Held-out episodes are replayed too and scored as ``val_replay``.
         replay_episodes: replay only the first N training episodes (0: all of them).
         replay_batch: episodes per batched world-model call.
+        replay_inputs: ``frames`` (the replays' frames, decoded and encoded again, as the probe
+            reads them by default) or ``latents`` (the world model's own latents of its
+            replays, as the probe reads them with ``inputs="latents"``; nothing is decoded).
+            The probe records it, and by default judges the way it was trained.
         run_dir: checkpoints, latent cache, replay cache, loss log (default
             ``runs/<out name>/probe``).
     """
@@ -87,9 +92,14 @@ class ProbeStageConfig:
     replay_bundle: Path | None = None
     replay_episodes: int = 0
     replay_batch: int = 16
+    replay_inputs: str = "frames"
     run_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.replay_inputs not in INPUTS:
+            from wm_env.errors import lookup
+
+            lookup("replay inputs", self.replay_inputs, dict.fromkeys(INPUTS))
         if self.replay_episodes < 0 or self.replay_batch < 1:
             raise ValueError(
                 f"need replay_episodes >= 0 and replay_batch >= 1; got {self.replay_episodes}, {self.replay_batch}"
@@ -172,8 +182,10 @@ def replay_arrays(
         arrays: ``LeRobotDataset.load_arrays`` output of recorded episodes.
         flags: bool ``(N,)`` their per-frame success, back to back.
     Returns:
-        ``load_arrays``-like ``frames``/``starts``/``lengths``/``episode_ids`` of the replays, and
-        their per-frame flags: replay frame ``t`` stands for recorded frame ``t``.
+        ``load_arrays``-like ``frames``/``starts``/``lengths``/``episode_ids`` of the replays
+        (``latents`` ``(N, L, D)`` in the encoder's units instead of ``frames`` when
+        ``config.replay_inputs`` is ``latents``), and their per-frame flags: replay frame ``t``
+        stands for recorded frame ``t``.
     """
     from judges.calibrate import cached_replays
 
@@ -194,8 +206,13 @@ def replay_arrays(
         device=config.runtime.device,
         batch=config.replay_batch,
         progress=progress,
+        latents=config.replay_inputs == "latents",
     )
-    if replays and replays[0].shape[1:] != arrays["frames"].shape[1:]:
+    if (
+        config.replay_inputs == "frames"
+        and replays
+        and replays[0].shape[1:] != arrays["frames"].shape[1:]
+    ):
         raise ValueError(
             f"{config.replay_bundle} generates {replays[0].shape[1:]} frames but the dataset has "
             f"{arrays['frames'].shape[1:]}: replay with a world model of the probe's resolution"
@@ -209,7 +226,7 @@ def replay_arrays(
         [flags[s : s + n] for s, n in zip(starts.tolist(), replay_lengths.tolist(), strict=True)]
     )
     return {
-        "frames": np.concatenate(replays),
+        config.replay_inputs: np.concatenate(replays),
         "starts": np.cumsum(replay_lengths) - replay_lengths,
         "lengths": replay_lengths,
         "episode_ids": arrays["episode_ids"][:count],
@@ -269,12 +286,15 @@ def run_probe_stage(config: ProbeStageConfig, progress: bool = True) -> Path:
     space = f"{bundle_config['encoder']}|{bundle_config.get('adapter')}|{weights}"
 
     def labelled(arrays, flags=None) -> tuple[torch.Tensor, LabelledEpisodes]:
-        raw = cached_episode_latents(
-            run_dir / "latents.safetensors",
-            space,
-            arrays,
-            lambda frames: encode_frames(encoder, adapter, frames, progress=progress),
-        )
+        if "latents" in arrays:  # a world model's own latents of its replays: nothing to encode
+            raw = torch.from_numpy(arrays["latents"]).float()  # (N, L, D)
+        else:
+            raw = cached_episode_latents(
+                run_dir / "latents.safetensors",
+                space,
+                arrays,
+                lambda frames: encode_frames(encoder, adapter, frames, progress=progress),
+            )
         ids = [
             instruction_ids(dataset.instruction(int(e)), config.probe.instruction)
             for e in arrays["episode_ids"]
@@ -313,6 +333,7 @@ def run_probe_stage(config: ProbeStageConfig, progress: bool = True) -> Path:
                 "bundle": str(config.replay_bundle),
                 "bundle_sha256": bundle_sha256(config.replay_bundle),
                 "episodes": len(replays.lengths),
+                "inputs": config.replay_inputs,
             }
         }
         episodes = episodes.extended(replays)
