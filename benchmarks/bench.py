@@ -45,6 +45,8 @@ class LeaderboardConfig:
     """override the world model's autocast dtype: fp32, bf16 or fp16."""
     num_steps: int | None = None
     """override the world model's denoising steps per frame."""
+    judge_path: str | None = None
+    """override the judge's location: a probe directory, a VLM checkpoint or a server URL."""
     judge_inputs: str | None = None
     """probe judge only: "latents" judges the world model's own latents (no decoding)."""
     seeds: tuple[int, ...] | None = None
@@ -67,10 +69,12 @@ def configured_suite(config: LeaderboardConfig) -> Suite:
                  "num_steps": config.num_steps}  # fmt: skip
     given = {k: v for k, v in overrides.items() if v is not None}
     suite = suite.with_world(dataclasses.replace(suite.world, **given))
+    judge = suite.judge
+    if config.judge_path is not None:
+        judge = dataclasses.replace(judge, path=str(config.judge_path))
     if config.judge_inputs is not None:
-        options = {**suite.judge.options, "inputs": config.judge_inputs}
-        suite = dataclasses.replace(suite, judge=dataclasses.replace(suite.judge, options=options))
-    return suite
+        judge = dataclasses.replace(judge, options={**judge.options, "inputs": config.judge_inputs})
+    return dataclasses.replace(suite, judge=judge)
 
 
 def editors_of(suite: Suite) -> str:

@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--suite", type=Path, default=Path("benchmarks/suites/agreement.yaml"))
     parser.add_argument("--seeds", type=int, nargs="*", default=None, help="the run's seeds")
     parser.add_argument("--settings", default="fp32,bf16x1,fp32+latents,bf16x1+latents")
+    parser.add_argument("--judge-path", default=None, help="another probe than the suite's")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -52,7 +53,7 @@ def main() -> None:
     if not (args.sim_dir / LOG_NAME).exists():
         raise SystemExit(f"{args.sim_dir} holds no sim run (run `wmgym bench agreement` first)")
     figures: dict = {"date": time.strftime("%Y-%m-%d"), "sim_dir": str(args.sim_dir),
-                     "settings": {}}  # fmt: skip
+                     "judge_path": args.judge_path, "settings": {}}  # fmt: skip
     for text in args.settings.split(","):
         dtype, num_steps, inputs = parse_setting(text)
         suite = configured_suite(
@@ -61,6 +62,7 @@ def main() -> None:
                 seeds=tuple(args.seeds) if args.seeds else None,
                 dtype=None if dtype == "fp32" else dtype,
                 num_steps=num_steps,
+                judge_path=args.judge_path,
                 judge_inputs=inputs,
             )  # fmt: skip
         )
@@ -76,7 +78,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "replay_figures.json").write_text(json.dumps(figures, indent=1))
     lines = [
-        f"{figures['date']}; world-model replays of the clean sim episodes in {args.sim_dir}.",
+        f"{figures['date']}; world-model replays of the clean sim episodes in {args.sim_dir}"
+        f"{'; judge ' + args.judge_path if args.judge_path else ''}.",
         "",
         "| setting | hallucinated success | missed success |",
         "|---|---|---|",

@@ -426,7 +426,9 @@ def test_command_line_overrides_of_the_world_and_the_judge(tmp_path):
     assert (fast.world.dtype, fast.world.num_steps) == ("bf16", 1)
     assert fast.judge.options == {"inputs": "latents"} and fast.judge.path == "models/probe"
     assert fast.policies == plain.policies and fast.hash() != plain.hash()
-    assert {"dtype", "num_steps", "judge_inputs"} <= set(vars(AgreementConfig()))
+    assert {"dtype", "num_steps", "judge_path", "judge_inputs"} <= set(vars(AgreementConfig()))
+    other = configured_suite(LeaderboardConfig(suite=path, judge_path="models/probe_latents"))
+    assert other.judge.path == "models/probe_latents" and other.judge.options == {}
     with pytest.raises(UnknownNameError, match="did you mean 'bf16'"):
         configured_suite(LeaderboardConfig(suite=path, dtype="bf61"))
 
