@@ -194,6 +194,7 @@ def cached_replays(
     batch: int = 16,
     progress: bool = True,
     latents: bool = False,
+    dtype: str | None = None,
 ) -> list[np.ndarray]:
     """:func:`replay_actions` with ``bundle``'s world model, cached in the npz file ``path``.
 
@@ -211,7 +212,9 @@ def cached_replays(
             "seed": seed,
             "num_steps": num_steps,
             "temperature": temperature,
-            **({"latents": True} if latents else {}),  # frame caches keep their key
+            # set only when used, so that caches made before these options keep their key
+            **({"latents": True} if latents else {}),
+            **({"dtype": dtype} if dtype else {}),
         },
         sort_keys=True,
     )
@@ -220,7 +223,7 @@ def cached_replays(
             if str(cached["key"]) == key:
                 return [cached[f"e{i}"] for i in range(len(episodes))]
     wm = WorldModel.from_pretrained(
-        bundle, device=device, num_steps=num_steps, temperature=temperature
+        bundle, device=device, num_steps=num_steps, temperature=temperature, dtype=dtype
     )
     start = time.perf_counter()
     replays = replay_actions(

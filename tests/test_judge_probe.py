@@ -258,6 +258,8 @@ def test_probe_trains_on_world_model_replays_labelled_by_the_recorded_episode(
         "bundle_sha256": bundle_sha256(world_model),
         "episodes": 10,
         "inputs": "frames",
+        "num_steps": None,
+        "dtype": None,
     }
     assert section["metrics"]["val_replay"]["n"] == section["metrics"]["val"]["n"] == 8
     # one latent cache entry per episode: 24 recorded + 10 replayed training, 8 + 8 held out
@@ -311,11 +313,13 @@ def test_probe_trains_on_the_world_models_own_latents_of_its_replays(
 
     config = tiny_probe_config(
         labelled_bundle, labelled_dataset, tmp_path, 20, replay_bundle=labelled_bundle,
-        replay_episodes=10, replay_batch=4, replay_inputs="latents",
+        replay_episodes=10, replay_batch=4, replay_inputs="latents", replay_num_steps=1,
+        replay_dtype="bf16",
     )  # fmt: skip
     probe_dir = run_probe_stage(config, progress=False)
     section = read_config(probe_dir)["probe"]
     assert section["replays"]["inputs"] == "latents" and section["replays"]["episodes"] == 10
+    assert (section["replays"]["num_steps"], section["replays"]["dtype"]) == (1, "bf16")
     assert section["metrics"]["val_replay"]["n"] == 8
     _, train, _ = load_split(config.data, progress=False)
     flags = episode_labels(LeRobotDataset(labelled_dataset), train["episode_ids"], train["lengths"])

@@ -64,6 +64,9 @@ class ProbeStageConfig:
             reads them by default) or ``latents`` (the world model's own latents of its
             replays, as the probe reads them with ``inputs="latents"``; nothing is decoded).
             The probe records it, and by default judges the way it was trained.
+        replay_num_steps: denoising steps of the replays (default: the bundle's). A probe for a
+            leaderboard run with ``--num-steps 1`` should see replays sampled that way.
+        replay_dtype: autocast dtype of the replays (``bf16``; default float32).
         run_dir: checkpoints, latent cache, replay cache, loss log (default
             ``runs/<out name>/probe``).
     """
@@ -93,6 +96,8 @@ class ProbeStageConfig:
     replay_episodes: int = 0
     replay_batch: int = 16
     replay_inputs: str = "frames"
+    replay_num_steps: int | None = None
+    replay_dtype: str | None = None
     run_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -100,6 +105,8 @@ class ProbeStageConfig:
             from wm_env.errors import lookup
 
             lookup("replay inputs", self.replay_inputs, dict.fromkeys(INPUTS))
+        if self.replay_num_steps is not None and self.replay_num_steps < 1:
+            raise ValueError(f"replay_num_steps must be >= 1; got {self.replay_num_steps}")
         if self.replay_episodes < 0 or self.replay_batch < 1:
             raise ValueError(
                 f"need replay_episodes >= 0 and replay_batch >= 1; got {self.replay_episodes}, {self.replay_batch}"
@@ -207,6 +214,8 @@ def replay_arrays(
         batch=config.replay_batch,
         progress=progress,
         latents=config.replay_inputs == "latents",
+        num_steps=config.replay_num_steps,
+        dtype=config.replay_dtype,
     )
     if (
         config.replay_inputs == "frames"
@@ -334,6 +343,8 @@ def run_probe_stage(config: ProbeStageConfig, progress: bool = True) -> Path:
                 "bundle_sha256": bundle_sha256(config.replay_bundle),
                 "episodes": len(replays.lengths),
                 "inputs": config.replay_inputs,
+                "num_steps": config.replay_num_steps,
+                "dtype": config.replay_dtype,
             }
         }
         episodes = episodes.extended(replays)
