@@ -20,7 +20,6 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -66,8 +65,8 @@ def main() -> None:
                 judge_inputs=inputs,
             )  # fmt: skip
         )
-        sim_keys = replace(suite, world=replace(suite.world, type="sim")).episode_keys()
-        episodes = replayable(EpisodeLog(args.sim_dir / LOG_NAME).rows_for(sim_keys))
+        # a suite's episode keys do not depend on its world: the sim log holds the same keys
+        episodes = replayable(EpisodeLog(args.sim_dir / LOG_NAME).rows_for(suite.episode_keys()))
         with tempfile.TemporaryDirectory() as tmp:  # the starts are rendered there
             rows = [r for batch in judge_replays(suite, args.sim_dir, episodes, Path(tmp))
                     for r in batch]  # fmt: skip

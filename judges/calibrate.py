@@ -155,6 +155,10 @@ def replay_actions(
         raise ValueError(f"{len(first_frames)} start frames for {len(actions)} action sequences")
     out: list[np.ndarray] = []
     bar = tqdm(total=len(actions), desc="world-model replays", disable=not progress)
+
+    def latest() -> np.ndarray:  # (b, L, D) in the encoder's units
+        return wm.unnormalize(wm.latest_latents).float().cpu().numpy()
+
     for lo in range(0, len(actions), batch):
         chunk = actions[lo : lo + batch]
         steps = max(len(a) for a in chunk)
@@ -164,10 +168,6 @@ def replay_actions(
         shown = wm.reset(
             first_frames[lo : lo + len(chunk)], seed=[seed + lo + i for i in range(len(chunk))]
         )
-
-        def latest() -> np.ndarray:  # (b, L, D) in the encoder's units
-            return wm.unnormalize(wm.latest_latents).float().cpu().numpy()
-
         frames = [latest() if latents else shown]
         for t in range(steps):
             shown = wm.step(padded[:, t], decode=not latents)

@@ -226,3 +226,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def decode_calls(monkeypatch) -> list[int]:
+    """Frames per ``WorldModel.decode`` call made during the test (the decoder still runs)."""
+    from wm_env.world_model import WorldModel
+
+    calls: list[int] = []
+    original = WorldModel.decode
+    monkeypatch.setattr(
+        WorldModel, "decode", lambda self, z, r=None: calls.append(len(z)) or original(self, z, r)
+    )
+    return calls

@@ -183,10 +183,9 @@ class LookingPolicy:
 
 
 def test_frames_are_decoded_only_when_read_and_equal_the_vector_envs(
-    tiny_bundle, blob_render, monkeypatch
+    tiny_bundle, blob_render, decode_calls
 ):
     from benchmarks.worlds import MODEL_SALT, WorldModelWorld, episode_seed
-    from wm_env.world_model import WorldModel
 
     suite = wm_suite(tiny_bundle, conditions=[{"name": "clean"}], seeds=[0, 1], episode_length=5)
     starts = {
@@ -195,13 +194,7 @@ def test_frames_are_decoded_only_when_read_and_equal_the_vector_envs(
     }
     world = WorldModelWorld(suite, starts)
     keys = [k for k in suite.episode_keys() if k.policy == "random"]
-    decoded = []
-    original_decode = WorldModel.decode
-    monkeypatch.setattr(
-        WorldModel,
-        "decode",
-        lambda self, z, r=None: decoded.append(len(z)) or original_decode(self, z, r),
-    )
+    decoded = decode_calls  # frames per WorldModel.decode call
     lookers = [LookingPolicy(), LookingPolicy()]
     results = world.run(keys, lookers)
     assert decoded == [2, 2]  # steps 2 and 4, both episodes in one call (step 0: the start)

@@ -359,7 +359,7 @@ def test_probe_judge_rejects_bad_input_and_a_changed_encoder(
 
 
 def test_probe_reading_latents_judges_a_world_model_video_without_decoding_it(
-    trained_probe, labelled_bundle, monkeypatch
+    trained_probe, labelled_bundle, monkeypatch, decode_calls
 ):
     """``inputs="latents"`` reads a lazy world-model video's latents (the encoder's, when they
     are a real episode's: then the verdict equals judging its frames) and decodes nothing; pixel
@@ -374,13 +374,7 @@ def test_probe_reading_latents_judges_a_world_model_video_without_decoding_it(
     assert judge.name == frames_judge.name + "+latents"
     assert judge.prompt_hash == frames_judge.prompt_hash
     wm = WorldModel.from_pretrained(labelled_bundle)
-    decoded = []
-    original_decode = WorldModel.decode
-    monkeypatch.setattr(
-        WorldModel,
-        "decode",
-        lambda self, z, r=None: decoded.append(len(z)) or original_decode(self, z, r),
-    )
+    decoded = decode_calls  # frames per WorldModel.decode call
     for frames in (  # a success (ends right) and a failure (ends left)
         np.stack([render(12 + 2 * t, 16) for t in range(12)]),
         np.stack([render(20 - 2 * t, 16) for t in range(12)]),
