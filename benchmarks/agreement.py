@@ -287,6 +287,8 @@ class AgreementConfig:
     """override the world model's autocast dtype: fp32, bf16 or fp16."""
     num_steps: int | None = None
     """override the world model's denoising steps per frame."""
+    decoder: str | None = None
+    """override the world model's decoder: one of the bundle's (e.g. "light"), or "encoder"."""
     judge_path: str | None = None
     """override the judge's location: a probe directory, a VLM checkpoint or a server URL."""
     judge_inputs: str | None = None
@@ -307,6 +309,7 @@ def run_agreement(config: AgreementConfig) -> dict[str, Path]:
             bundle=config.bundle,
             dtype=config.dtype,
             num_steps=config.num_steps,
+            decoder=config.decoder,
             judge_path=config.judge_path,
             judge_inputs=config.judge_inputs,
         )  # fmt: skip

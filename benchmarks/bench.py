@@ -45,6 +45,8 @@ class LeaderboardConfig:
     """override the world model's autocast dtype: fp32, bf16 or fp16."""
     num_steps: int | None = None
     """override the world model's denoising steps per frame."""
+    decoder: str | None = None
+    """override the world model's decoder: one of the bundle's (e.g. "light"), or "encoder"."""
     judge_path: str | None = None
     """override the judge's location: a probe directory, a VLM checkpoint or a server URL."""
     judge_inputs: str | None = None
@@ -66,7 +68,7 @@ def configured_suite(config: LeaderboardConfig) -> Suite:
     suite = load_suite(config.suite, {"seeds": list(config.seeds)} if config.seeds else None)
     overrides = {"type": config.world, "bundle": config.bundle and str(config.bundle),
                  "num_envs": config.num_envs, "dtype": config.dtype,
-                 "num_steps": config.num_steps}  # fmt: skip
+                 "num_steps": config.num_steps, "decoder": config.decoder}  # fmt: skip
     given = {k: v for k, v in overrides.items() if v is not None}
     suite = suite.with_world(dataclasses.replace(suite.world, **given))
     judge = suite.judge

@@ -43,7 +43,7 @@ def _names(names) -> dict[str, str]:
     return {n: n for n in names}
 
 
-LATER_WORLD_OPTIONS = ("dtype", "num_steps")  # see Suite.hash
+LATER_WORLD_OPTIONS = ("dtype", "num_steps", "decoder")  # see Suite.hash
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class WorldSpec:
     device: str = "cpu"
     dtype: str | None = None  # world model: autocast dtype ("bf16", "fp16"; None: float32)
     num_steps: int | None = None  # world model: denoising steps per frame (None: the bundle's)
+    decoder: str | None = None  # world model: which of the bundle's decoders (None: its default)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "type", lookup("world type", self.type, _names(WORLD_TYPES)))

@@ -9,8 +9,8 @@ model call per step) and N single ``WorldModelEnv`` instances, then times them i
 rounds (every setup steps ``--steps`` times per round), so that a machine whose speed drifts
 during the run slows every setup alike; each setup's rate is its median round. It reports env
 steps per second, the speedup of the vector env over the single envs in the same dtype, and over
-the fastest single-env setting of any dtype. Writes ``benchmarks/results/vector_figures.json``
-and ``.md``.
+the fastest single-env setting of any dtype. Writes ``benchmarks/results/<stem>.json`` and
+``.md`` (``--stem``, default ``vector_figures``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,13 @@ class VectorSetup:
     """N episodes in one vector env: one batched model call per step."""
 
     def __init__(
-        self, bundle: Path, starts, n: int, dtype: str | None, num_steps: int | None = None
+        self,
+        bundle: Path,
+        starts,
+        n: int,
+        dtype: str | None,
+        num_steps: int | None = None,
+        decoder: str | None = None,
     ) -> None:
         self.n = n
         self.env = gym.make_vec(
@@ -46,6 +52,7 @@ class VectorSetup:
             starts=starts,
             dtype=dtype,
             num_steps=num_steps,
+            decoder=decoder,
         )
         self.env.reset(seed=0)
         self.actions = np.zeros((n, 7), dtype=np.float32)
@@ -58,7 +65,13 @@ class SingleSetup:
     """N single envs, each with its own model, stepped one after the other."""
 
     def __init__(
-        self, bundle: Path, starts, n: int, dtype: str | None, num_steps: int | None = None
+        self,
+        bundle: Path,
+        starts,
+        n: int,
+        dtype: str | None,
+        num_steps: int | None = None,
+        decoder: str | None = None,
     ) -> None:
         from wm_env.world_model import WorldModel
 
@@ -66,7 +79,9 @@ class SingleSetup:
         self.envs = [
             gym.make(
                 wm_env.WORLD_MODEL_ENV_ID,
-                model=WorldModel.from_pretrained(bundle, dtype=dtype, num_steps=num_steps),
+                model=WorldModel.from_pretrained(
+                    bundle, dtype=dtype, num_steps=num_steps, decoder=decoder
+                ),
                 starts=starts,
             )
             for _ in range(n)
@@ -123,6 +138,14 @@ def main() -> None:
     parser.add_argument(
         "--num-steps", type=int, default=None, help="denoising steps (default: the bundle's)"
     )
+    parser.add_argument(
+        "--decoder",
+        default=None,
+        help="which of the bundle's decoders renders frames (e.g. light; default: its own)",
+    )
+    parser.add_argument(
+        "--stem", default="vector_figures", help="file name of the results (.json and .md)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -137,13 +160,15 @@ def main() -> None:
         "steps": args.steps,
         "rounds": args.rounds,
         "num_steps": args.num_steps,
+        "decoder": args.decoder,
         "sizes": {},
     }
     for n in (int(x) for x in args.sizes.split(",")):
         setups: dict[str, VectorSetup | SingleSetup] = {}
         for dtype in dtypes:
-            setups[f"vector {dtype}"] = VectorSetup(args.bundle, starts, n, dtype, args.num_steps)
-            setups[f"single {dtype}"] = SingleSetup(args.bundle, starts, n, dtype, args.num_steps)
+            options = (n, dtype, args.num_steps, args.decoder)
+            setups[f"vector {dtype}"] = VectorSetup(args.bundle, starts, *options)
+            setups[f"single {dtype}"] = SingleSetup(args.bundle, starts, *options)
         rates = interleaved_steps_per_second(setups, args.steps, args.warmup, args.rounds)
         del setups
         best_single = max(rates[f"single {dtype}"] for dtype in dtypes)
@@ -164,9 +189,11 @@ def main() -> None:
                 flush=True,
             )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vector_figures.json").write_text(json.dumps(figures, indent=2))
+    (args.out / f"{args.stem}.json").write_text(json.dumps(figures, indent=2))
     md = [
-        f"Machine: {figures['machine']}; {figures['date']}; bundle {figures['bundle']}; "
+        f"Machine: {figures['machine']}; {figures['date']}; bundle {figures['bundle']}"
+        f"{'' if args.decoder is None else f', decoder {args.decoder}'}"
+        f"{'' if args.num_steps is None else f', {args.num_steps} denoising steps'}; "
         f"{args.warmup} warm-up steps, then {args.rounds} interleaved rounds of {args.steps} "
         "timed steps per setup (median round).",
         "",
@@ -180,7 +207,7 @@ def main() -> None:
         f"{v['speedup_over_fastest_single']:.2f}x |"
         for v in figures["sizes"].values()
     ]
-    (args.out / "vector_figures.md").write_text("\n".join(md) + "\n")
+    (args.out / f"{args.stem}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -157,6 +157,7 @@ class WorldModelWorld:
             temperature=world.temperature,
             dtype=world.dtype,
             num_steps=world.num_steps,
+            decoder=world.decoder,
         )
         first = next(iter(starts.values()))
         self.env = WorldModelVectorEnv(

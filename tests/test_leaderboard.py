@@ -378,16 +378,17 @@ def test_run_options_share_the_machines_cores_among_processes(monkeypatch):
 
 
 def test_world_options_added_later_change_the_hash_only_when_set():
-    """Run directories made before dtype/num_steps existed stay resumable."""
+    """Run directories made before dtype/num_steps/decoder existed stay resumable."""
     import hashlib
     import json
 
     suite = suite_from_dict(SUITE)
     before = suite.to_dict()
-    del before["world"]["dtype"], before["world"]["num_steps"]  # the suite as it was hashed then
+    for option in ("dtype", "num_steps", "decoder"):  # the suite as it was hashed then
+        del before["world"][option]
     text = json.dumps(before, sort_keys=True, default=str)
     assert suite.hash() == hashlib.sha256(text.encode()).hexdigest()
-    for option in ({"dtype": "bf16"}, {"num_steps": 2}):
+    for option in ({"dtype": "bf16"}, {"num_steps": 2}, {"decoder": "light"}):
         changed = suite_from_dict({**SUITE, "world": {**SUITE["world"], **option}})
         assert changed.hash() != suite.hash()
 
@@ -421,12 +422,16 @@ def test_command_line_overrides_of_the_world_and_the_judge(tmp_path):
     plain = configured_suite(LeaderboardConfig(suite=path))
     assert plain == suite_from_dict(SUITE)
     fast = configured_suite(
-        LeaderboardConfig(suite=path, dtype="bf16", num_steps=1, judge_inputs="latents")
+        LeaderboardConfig(
+            suite=path, dtype="bf16", num_steps=1, decoder="light", judge_inputs="latents"
+        )
     )
-    assert (fast.world.dtype, fast.world.num_steps) == ("bf16", 1)
+    assert (fast.world.dtype, fast.world.num_steps, fast.world.decoder) == ("bf16", 1, "light")
     assert fast.judge.options == {"inputs": "latents"} and fast.judge.path == "models/probe"
     assert fast.policies == plain.policies and fast.hash() != plain.hash()
-    assert {"dtype", "num_steps", "judge_path", "judge_inputs"} <= set(vars(AgreementConfig()))
+    assert {"dtype", "num_steps", "decoder", "judge_path", "judge_inputs"} <= set(
+        vars(AgreementConfig())
+    )
     other = configured_suite(LeaderboardConfig(suite=path, judge_path="models/probe_latents"))
     assert other.judge.path == "models/probe_latents" and other.judge.options == {}
     with pytest.raises(UnknownNameError, match="did you mean 'bf16'"):

@@ -307,6 +307,66 @@ def test_decoder_stage_and_world_model_decodes_through_it(
     assert not np.array_equal(with_decoder.decode(latents), without.decode(latents))
 
 
+def test_a_named_decoder_is_used_only_when_asked(tiny_bundle, bundle_copy, blob_dataset, tmp_path):
+    """``--name light`` adds ``decoder_light`` next to the encoder's own decoder."""
+    import gymnasium as gym
+
+    import wm_env
+    from wm_env.errors import UnknownNameError
+    from wm_env.world_model import decoder_names
+
+    config = dataclasses.replace(
+        tiny_decoder(bundle_copy, blob_dataset, tmp_path / "run"), name="light"
+    )
+    assert config.resolved_run_dir() == tmp_path / "run"
+    assert DecoderStageConfig(name="light").resolved_run_dir().name == "decoder_light"
+    run_decoder_stage(config, progress=False)
+    written = read_config(bundle_copy)
+    assert (
+        "decoder" not in written
+        and written["decoder_light"]["weights"] == "decoder_light.safetensors"
+    )
+    assert decoder_names(written) == ["encoder", "light"]
+
+    default = WorldModel.from_pretrained(bundle_copy)
+    light = WorldModel.from_pretrained(bundle_copy, decoder="light")
+    own = WorldModel.from_pretrained(bundle_copy, decoder="encoder")
+    assert default.pixel_decoder is None and own.pixel_decoder is None
+    assert light.pixel_decoder is not None and light.decoder_name == "light"
+    latents = default.encode(np.zeros((2, 32, 32, 3), np.uint8))
+    # the default still decodes with the VAE, exactly as the bundle did before
+    reference = WorldModel.from_pretrained(tiny_bundle)
+    assert np.array_equal(default.decode(latents), reference.decode(latents))
+    assert np.array_equal(own.decode(latents), reference.decode(latents))
+    assert not np.array_equal(light.decode(latents), reference.decode(latents))
+    with pytest.raises(UnknownNameError, match="did you mean 'light'"):
+        WorldModel.from_pretrained(bundle_copy, decoder="lihgt")
+
+    # the envs pass the choice on, and the vector env renders what single envs render
+    start = [{"frames": np.full((32, 32, 3), 90, np.uint8), "instruction": "push"}]
+    env = gym.make(wm_env.WORLD_MODEL_ENV_ID, model=bundle_copy, starts=start, decoder="light")
+    vec = gym.make_vec(
+        wm_env.WORLD_MODEL_ENV_ID,
+        num_envs=2,
+        vectorization_mode="vector_entry_point",
+        model=bundle_copy,
+        starts=start,
+        decoder="light",
+    )
+    assert env.unwrapped.model.decoder_name == vec.unwrapped.model.decoder_name == "light"
+    env.reset(seed=3)
+    vec.reset(seed=3)
+    frame = env.step(np.zeros(7, np.float32))[0]["image"]
+    frames = vec.step(np.zeros((2, 7), np.float32))[0]["image"]
+    assert np.array_equal(frames[0], frame)
+    with pytest.raises(ValueError, match="cannot change a loaded WorldModel"):
+        gym.make(wm_env.WORLD_MODEL_ENV_ID, model=light, starts=start, decoder="light")
+    with pytest.raises(ValueError, match="encoder's own decoder"):
+        DecoderStageConfig(name="encoder")
+    with pytest.raises(ValueError, match="letters, digits"):
+        DecoderStageConfig(name="a/b")
+
+
 def test_decoder_stage_latent_cache_follows_encoder_weights(
     bundle_copy, blob_dataset, tmp_path, spy
 ):

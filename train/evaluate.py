@@ -46,6 +46,8 @@ class EvalConfig:
         seed: sampling seed.
         device: torch device.
         dtype: autocast dtype of the model (``bf16``, ``fp16``; float32 when unset).
+        decoder: which of the bundle's decoders renders the frames (e.g. ``light``; default:
+            the bundle's own).
     """
 
     bundle: Path = Path("models/default")
@@ -60,6 +62,7 @@ class EvalConfig:
     seed: int = 0
     device: str = "cpu"
     dtype: str | None = None
+    decoder: str | None = None
 
 
 def _metrics(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,6 +86,7 @@ def evaluate(config: EvalConfig) -> dict:
         num_steps=config.num_steps,
         temperature=config.temperature,
         dtype=config.dtype,
+        decoder=config.decoder,
     )
     dataset = LeRobotDataset(config.data.dataset)
     _, val_ids = split_episodes(
@@ -140,6 +144,7 @@ def evaluate(config: EvalConfig) -> dict:
         "temperature": model.temperature,
         "num_steps": model.num_steps,
         "dtype": config.dtype or "fp32",
+        "decoder": config.decoder or "default",
         "residual_decoding": residual_decoding,
         "episodes": len(episodes),
         "one_step": {
@@ -232,7 +237,7 @@ def _markdown(f: dict) -> str:
     o, r = f["one_step"], f["rollout"]
     lines = [
         f"Held-out episodes: {f['episodes']} ({o['clips']} one-step clips); {f['num_steps']} denoising steps, "
-        f"{f.get('dtype', 'fp32')}, temperature {f['temperature']:g}, {'residual' if f.get('residual_decoding') else 'plain'} decoding "
+        f"{f.get('dtype', 'fp32')}, {f.get('decoder', 'default')} decoder, temperature {f['temperature']:g}, {'residual' if f.get('residual_decoding') else 'plain'} decoding "
         "(the runtime default; the plain column decodes the same latents without the start frame's residual).",
         "",
         "| | world model | world model, plain decoding | copy last frame | autoencoder ceiling |",

@@ -1,7 +1,8 @@
 """``wmgym train decoder``: the pixel decoder on frozen (adapter) latents, into a bundle.
 
 Needed for encoders without a decoder of their own (the semantic ones); it sees detached
-latents, so nothing upstream changes.
+latents, so nothing upstream changes. With ``--name`` it trains an alternative decoder that the
+runtime uses only when asked (``decoder=<name>``), e.g. a lighter one for fast rollouts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from train.loop import (
 )
 from train.stage_dynamics import encode_frames
 from wm_env.bundle import json_ready, latent_space_hashes, read_config, write_component
-from wm_env.world_model import build_adapter_from_config, build_encoder_from_config
+from wm_env.world_model import (
+    ENCODER_DECODER,
+    build_adapter_from_config,
+    build_encoder_from_config,
+    decoder_section,
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,9 @@ class DecoderStageConfig:
 
     Attributes:
         bundle: the model bundle directory (encoder, and adapter if any, must exist).
+        name: empty for the bundle's default decoder (section ``decoder``, which replaces the
+            encoder's own); a name for an alternative one (section ``decoder_<name>``, used with
+            ``WorldModel.from_pretrained(bundle, decoder=<name>)``).
         base_channels: decoder width.
         perceptual: ``stlpips`` (offline ST-LPIPS weights) or ``none``.
         perceptual_weight: weight of the perceptual term next to L1.
@@ -42,6 +51,7 @@ class DecoderStageConfig:
 
     bundle: Path = Path("models/default")
     data: DataConfig = field(default_factory=DataConfig)
+    name: str = ""
     base_channels: int = 32
     perceptual: str = "stlpips"
     perceptual_weight: float = 0.5
@@ -53,12 +63,23 @@ class DecoderStageConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     run_dir: Path | None = None
 
+    def __post_init__(self) -> None:
+        if self.name and not self.name.replace("_", "").isalnum():
+            raise ValueError(f"decoder name must be letters, digits and '_'; got {self.name!r}")
+        if self.name == ENCODER_DECODER:
+            raise ValueError(f"{ENCODER_DECODER!r} names the encoder's own decoder; pick another")
+
+    @property
+    def section(self) -> str:
+        """The bundle section (and weight file stem) the decoder is written to."""
+        return decoder_section(self.name or None)
+
     def resolved_run_dir(self) -> Path:
-        return self.run_dir or Path("runs") / self.bundle.name / "decoder"
+        return self.run_dir or Path("runs") / self.bundle.name / self.section
 
 
 def run_decoder_stage(config: DecoderStageConfig, progress: bool = True) -> Path:
-    """Train the pixel decoder; write ``decoder.safetensors`` and its config section."""
+    """Train the pixel decoder; write ``<section>.safetensors`` and its config section."""
     from train.decoder import PixelDecoder, PixelDecoderConfig, decoder_loss
     from train.perceptual import build_perceptual
 
@@ -118,5 +139,5 @@ def run_decoder_stage(config: DecoderStageConfig, progress: bool = True) -> Path
         "config": json_ready(dataclasses.asdict(decoder_config)),
         "steps": trainer.state.step,
     }
-    write_component(config.bundle, "decoder", section, trained.state_dict())
+    write_component(config.bundle, config.section, section, trained.state_dict())
     return config.bundle

@@ -62,17 +62,50 @@ def build_adapter_from_config(
     return adapter.freeze().to(device).eval()
 
 
-def build_pixel_decoder_from_config(
-    config: dict[str, Any], bundle: str | os.PathLike, device: str | torch.device = "cpu"
-):
-    """The bundle's pixel decoder, or None when the encoder decodes itself."""
-    from train.decoder import PixelDecoder, PixelDecoderConfig
+ENCODER_DECODER = "encoder"  # ``decoder=`` name of the encoder's own decoder
+DECODER_SECTION = "decoder"  # the bundle's default pixel decoder (replaces the encoder's own)
 
-    section = config.get("decoder")
+
+def decoder_section(name: str | None) -> str:
+    """The bundle section of pixel decoder ``name``: ``decoder`` for None, else ``decoder_<name>``."""
+    return DECODER_SECTION if name is None else f"{DECODER_SECTION}_{name}"
+
+
+def decoder_names(config: dict[str, Any]) -> list[str]:
+    """The ``decoder=`` names a bundle offers: its named pixel decoders (``decoder_<name>``
+    sections) and ``"encoder"`` when the encoder decodes itself."""
+    prefix = f"{DECODER_SECTION}_"
+    names = [k[len(prefix) :] for k, v in config.items() if k.startswith(prefix) and v]
+    if config.get("encoder", {}).get("has_decoder"):
+        names.append(ENCODER_DECODER)
+    return sorted(names)
+
+
+def build_pixel_decoder_from_config(
+    config: dict[str, Any],
+    bundle: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    name: str | None = None,
+):
+    """The pixel decoder that renders frames, or None when the encoder decodes itself.
+
+    ``name`` None: the bundle's ``decoder`` section if it has one, else the encoder's own
+    decoder. ``"encoder"``: the encoder's own decoder. Any other name: the pixel decoder of the
+    bundle's ``decoder_<name>`` section (e.g. a lighter one, ``wmgym train decoder --name``).
+    """
+    from train.decoder import PixelDecoder, PixelDecoderConfig
+    from wm_env.errors import UnknownNameError
+
+    if name is not None and name not in decoder_names(config):
+        raise UnknownNameError("decoder", name, decoder_names(config))
+    if name == ENCODER_DECODER:
+        return None
+    key = decoder_section(name)
+    section = config.get(key)
     if not section:
         return None
     decoder = PixelDecoder(PixelDecoderConfig(**section["config"]))
-    decoder.load_state_dict(load_weights(bundle, config, "decoder"))
+    decoder.load_state_dict(load_weights(bundle, config, key))
     return decoder.to(device).eval().requires_grad_(False)
 
 
@@ -215,7 +248,7 @@ class WorldModel:
 
     Args (use :meth:`from_pretrained`): the bundle path and config, the built components, the
     device, the number of denoising steps, whether to use the KV cache, the autocast dtype, the
-    sampling temperature, and whether to decode frames residually.
+    sampling temperature, whether to decode frames residually, and the name of the decoder.
 
     Residual decoding (the default): an episode's frames are its start frame plus the decoded
     change since then, ``x_start + D(z_t) - D(z_start)``. What the model leaves unchanged (table,
@@ -239,8 +272,10 @@ class WorldModel:
         dtype: torch.dtype | None = None,
         temperature: float | None = None,
         residual_decoding: bool = True,
+        decoder: str | None = None,
     ) -> None:
         self.bundle = Path(bundle)
+        self.decoder_name = decoder  # None: the bundle's default (see from_pretrained)
         self.config = config
         self.encoder, self.adapter, self.pixel_decoder = encoder, adapter, pixel_decoder
         self.dit, self.scheduler = dit, scheduler
@@ -293,6 +328,7 @@ class WorldModel:
         dtype: str | None = None,
         temperature: float | None = None,
         residual_decoding: bool = True,
+        decoder: str | None = None,
     ) -> WorldModel:
         """Load and verify a bundle directory (every weight file's size and SHA-256).
 
@@ -302,6 +338,10 @@ class WorldModel:
         called through this runtime (or under that autocast). On a CPU with native bf16
         (avx512_bf16 or AMX), ``"bf16"`` cuts the decoder's time in batches by a third to a
         half; on one without, it is slower.
+
+        ``decoder`` picks what renders the frames (:func:`decoder_names`): None, the bundle's
+        default; ``"encoder"``, the encoder's own decoder; another name, the bundle's pixel
+        decoder of that name (models/default has ``"light"``, 5x cheaper per frame).
         """
         config = verify(path)
         for section in ("encoder", "dynamics", "actions"):
@@ -327,7 +367,7 @@ class WorldModel:
         torch_dtype = None if dtype is None else lookup("dtype", dtype, AUTOCAST_DTYPES)
         encoder = build_encoder_from_config(config, path, device)
         adapter = build_adapter_from_config(config, path, device)
-        pixel_decoder = build_pixel_decoder_from_config(config, path, device)
+        pixel_decoder = build_pixel_decoder_from_config(config, path, device, decoder)
         if torch_dtype is not None:
             for part in (encoder, adapter, pixel_decoder, dit):
                 if part is not None:
@@ -346,6 +386,7 @@ class WorldModel:
             dtype=torch_dtype,
             temperature=temperature,
             residual_decoding=residual_decoding,
+            decoder=decoder,
         )
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:

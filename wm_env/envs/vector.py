@@ -48,6 +48,7 @@ class WorldModelVectorEnv(VectorEnv):
         device: str = "cpu",
         use_cache: bool = True,
         dtype: str | None = None,
+        decoder: str | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1; got {num_envs}")
@@ -55,7 +56,9 @@ class WorldModelVectorEnv(VectorEnv):
             raise ValueError(
                 f"render_mode must be one of {self.metadata['render_modes']}; got {render_mode!r}"
             )
-        self.model = load_world_model(model, device, num_steps, temperature, use_cache, dtype)
+        self.model = load_world_model(
+            model, device, num_steps, temperature, use_cache, dtype, decoder
+        )
         self.starts = StartSet.load(starts)
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps

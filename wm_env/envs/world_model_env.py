@@ -43,12 +43,18 @@ def load_world_model(
     temperature: float | None = None,
     use_cache: bool = True,
     dtype: str | None = None,
+    decoder: str | None = None,
 ):
     """A :class:`~wm_env.world_model.WorldModel` from a bundle path (or the instance itself)."""
     from wm_env.world_model import WorldModel
 
     if isinstance(model, WorldModel):
-        ignored = {"num_steps": num_steps, "temperature": temperature, "dtype": dtype}
+        ignored = {
+            "num_steps": num_steps,
+            "temperature": temperature,
+            "dtype": dtype,
+            "decoder": decoder,
+        }
         ignored = {name: value for name, value in ignored.items() if value is not None}
         if not use_cache:
             ignored["use_cache"] = use_cache
@@ -70,6 +76,7 @@ def load_world_model(
         temperature=temperature,
         use_cache=use_cache,
         dtype=dtype,
+        decoder=decoder,
     )
 
 
@@ -143,7 +150,8 @@ class WorldModelEnv(gym.Env):
     model (bundle directory or WorldModel), starts (dataset dir, PNG+JSON folder, list of
     frames/dicts, or StartSet), render_mode (``"rgb_array"``), num_steps (denoising steps),
     temperature (noise scale), device, use_cache, dtype (autocast: ``"bf16"``, ``"fp16"`` or
-    float32 by default).
+    float32 by default), decoder (which of the bundle's decoders renders the frames, e.g.
+    ``"light"``; default: the bundle's own).
 
     ``info`` of every step: ``latent`` (L, D) of the new frame, ``generation_seconds``,
     ``denoising_steps``, ``action_clipped``, ``start_id``.
@@ -161,12 +169,15 @@ class WorldModelEnv(gym.Env):
         device: str = "cpu",
         use_cache: bool = True,
         dtype: str | None = None,
+        decoder: str | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be one of {self.metadata['render_modes']}; got {render_mode!r}"
             )
-        self.model = load_world_model(model, device, num_steps, temperature, use_cache, dtype)
+        self.model = load_world_model(
+            model, device, num_steps, temperature, use_cache, dtype, decoder
+        )
         self.starts = StartSet.load(starts)
         self.render_mode = render_mode
         height, width = self.model.image_size
