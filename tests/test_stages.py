@@ -361,6 +361,27 @@ def test_a_named_decoder_is_used_only_when_asked(tiny_bundle, bundle_copy, blob_
     assert np.array_equal(frames[0], frame)
     with pytest.raises(ValueError, match="cannot change a loaded WorldModel"):
         gym.make(wm_env.WORLD_MODEL_ENV_ID, model=light, starts=start, decoder="light")
+
+    # the held-out evaluation scores the decoder it is given
+    figures = {
+        name: evaluate(
+            EvalConfig(
+                bundle=bundle_copy,
+                data=DataConfig(dataset=blob_dataset),
+                out=tmp_path / f"eval_{name}",
+                horizon=3,
+                max_episodes=1,
+                one_step_starts=2,
+                counterfactual=False,
+                decoder=name,
+            )
+        )
+        for name in (None, "light")
+    }
+    assert figures[None]["decoder"] == "default" and figures["light"]["decoder"] == "light"
+    assert "light decoder" in (tmp_path / "eval_light" / "eval.md").read_text()
+    ceiling = {name: f["one_step"]["autoencoder_psnr"] for name, f in figures.items()}
+    assert ceiling[None] != ceiling["light"]
     with pytest.raises(ValueError, match="encoder's own decoder"):
         DecoderStageConfig(name="encoder")
     with pytest.raises(ValueError, match="letters, digits"):
