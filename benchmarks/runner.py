@@ -12,7 +12,6 @@ with more (or other) seeds may go on in the same directory: only the new starts'
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import subprocess
@@ -33,6 +32,7 @@ from benchmarks.worlds import (
     episode_seed,
     render_starts,
 )
+from wm_env.bundle import run_config_sha256
 
 LOG_NAME = "episodes.jsonl"
 RUN_NAME = "run.json"
@@ -69,10 +69,6 @@ def git_revision() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return ""
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def provenance(suite: Suite, judge_id: str, prompt_hash: str) -> dict[str, Any]:
@@ -113,9 +109,13 @@ def results_bundle(suite: Suite) -> str | None:
 
 
 def bundle_fingerprint(suite: Suite) -> str:
-    """sha256 of :func:`results_bundle`'s ``config.json`` (it lists every weight file's sha256)."""
+    """sha256 of :func:`results_bundle`'s ``config.json`` (it lists every weight file's sha256),
+    without the named decoders the run does not render with (:func:`run_config_sha256`)."""
     bundle = results_bundle(suite)
-    return file_sha256(Path(bundle) / "config.json") if bundle else ""
+    if not bundle:
+        return ""
+    world = suite.world
+    return run_config_sha256(bundle, world.decoder if world.type == "world_model" else None)
 
 
 REFUSE_RESUME = "use another --out directory, or delete it to start over"

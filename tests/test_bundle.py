@@ -15,6 +15,7 @@ from wm_env.bundle import (
     file_sha256,
     load_weights,
     read_config,
+    run_config_sha256,
     update_config,
     verify,
     write_component,
@@ -38,6 +39,24 @@ def bundle(tmp_path):
     write_component(root, "dynamics", {"history": 2}, weights(1))
     update_config(root, actions={"low": [-1.0] * 7, "high": [1.0] * 7})
     return root
+
+
+def test_a_run_depends_on_the_config_without_the_decoders_it_does_not_use(bundle):
+    """Adding a named decoder leaves the runs made before resumable (their fingerprint)."""
+    before = file_sha256(bundle / CONFIG_NAME)
+    assert run_config_sha256(bundle) == before
+    write_component(bundle, "decoder_light", {"config": {"base_channels": 16}}, weights(2))
+    assert file_sha256(bundle / CONFIG_NAME) != before
+    assert run_config_sha256(bundle) == run_config_sha256(bundle, "encoder") == before
+    with_light = run_config_sha256(bundle, "light")
+    assert with_light == file_sha256(bundle / CONFIG_NAME)
+    write_component(bundle, "decoder_tiny", {"config": {"base_channels": 8}}, weights(3))
+    assert run_config_sha256(bundle, "light") == with_light and run_config_sha256(bundle) == before
+    write_component(bundle, "decoder_light", {"config": {"base_channels": 16}}, weights(4))
+    assert run_config_sha256(bundle, "light") != with_light  # a retrained decoder counts
+    assert run_config_sha256(bundle) == before
+    update_config(bundle, dynamics={"history": 3})  # what every run depends on still counts
+    assert run_config_sha256(bundle) != before
 
 
 def test_round_trip(bundle):

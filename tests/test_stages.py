@@ -312,8 +312,8 @@ def test_a_named_decoder_is_used_only_when_asked(tiny_bundle, bundle_copy, blob_
     import gymnasium as gym
 
     import wm_env
+    from wm_env.bundle import decoder_names
     from wm_env.errors import UnknownNameError
-    from wm_env.world_model import decoder_names
 
     config = dataclasses.replace(
         tiny_decoder(bundle_copy, blob_dataset, tmp_path / "run"), name="light"

@@ -25,13 +25,15 @@ from train.loop import (
     pin_run_inputs,
 )
 from train.stage_dynamics import encode_frames
-from wm_env.bundle import json_ready, latent_space_hashes, read_config, write_component
-from wm_env.world_model import (
+from wm_env.bundle import (
     ENCODER_DECODER,
-    build_adapter_from_config,
-    build_encoder_from_config,
     decoder_section,
+    json_ready,
+    latent_space_hashes,
+    read_config,
+    write_component,
 )
+from wm_env.world_model import build_adapter_from_config, build_encoder_from_config
 
 
 @dataclass(frozen=True)

@@ -75,9 +75,13 @@ def _read_or_new(root: Path) -> dict[str, Any]:
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "files": {}}
 
 
+def _config_text(config: dict[str, Any]) -> str:
+    return json.dumps(config, indent=2, sort_keys=True)
+
+
 def _write_config(root: Path, config: dict[str, Any]) -> None:
     tmp = root / f".{CONFIG_NAME}.tmp"
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
+    tmp.write_text(_config_text(config))
     os.replace(tmp, root / CONFIG_NAME)
 
 
@@ -170,6 +174,45 @@ def latent_space_hashes(config: dict[str, Any]) -> list[str]:
         for f in sorted(config.get("files", {}))
         if f.split(".")[0] in ("encoder", "adapter")
     ]
+
+
+ENCODER_DECODER = "encoder"  # the ``decoder=`` name of the encoder's own decoder
+DECODER_SECTION = "decoder"  # the bundle's default pixel decoder (replaces the encoder's own)
+
+
+def decoder_section(name: str | None) -> str:
+    """The section of pixel decoder ``name``: ``decoder`` for None, else ``decoder_<name>``."""
+    return DECODER_SECTION if name is None else f"{DECODER_SECTION}_{name}"
+
+
+def decoder_names(config: dict[str, Any]) -> list[str]:
+    """The ``decoder=`` names a bundle offers: its named pixel decoders (``decoder_<name>``
+    sections) and ``"encoder"`` when the encoder decodes itself."""
+    prefix = f"{DECODER_SECTION}_"
+    names = [k[len(prefix) :] for k, v in config.items() if k.startswith(prefix) and v]
+    if config.get("encoder", {}).get("has_decoder"):
+        names.append(ENCODER_DECODER)
+    return sorted(names)
+
+
+def run_config_sha256(bundle: str | os.PathLike, decoder: str | None = None) -> str:
+    """SHA-256 of ``config.json`` as a run that renders with ``decoder`` depends on it.
+
+    The named decoders the run does not use are left out (their sections and weight-file
+    entries), so adding a decoder to a bundle leaves the runs made before resumable: without
+    them this is the SHA-256 of the file wm-gym wrote before they were added. With none to
+    leave out it is the file's own SHA-256.
+    """
+    path = Path(bundle) / CONFIG_NAME
+    config = json.loads(path.read_text())
+    keep = None if decoder == ENCODER_DECODER else decoder_section(decoder)
+    unused = [k for k in config if k.startswith(f"{DECODER_SECTION}_") and k != keep]
+    if not unused:
+        return file_sha256(path)
+    for section in unused:
+        weights = config.pop(section).get("weights")
+        config.get("files", {}).pop(weights, None)
+    return hashlib.sha256(_config_text(config).encode()).hexdigest()
 
 
 def bundle_sha256(bundle: str | os.PathLike) -> str:

@@ -26,7 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from wm_env.bundle import BundleError, latent_space_hashes, load_weights, verify
+from wm_env.bundle import (
+    ENCODER_DECODER,
+    BundleError,
+    decoder_names,
+    decoder_section,
+    latent_space_hashes,
+    load_weights,
+    verify,
+)
 from wm_env.spaces import ACTION_DIM
 
 # ---------------------------------------------------------------------- component builders
@@ -60,25 +68,6 @@ def build_adapter_from_config(
     if section.get("weights"):
         adapter.load_state_dict(load_weights(bundle, config, "adapter"))
     return adapter.freeze().to(device).eval()
-
-
-ENCODER_DECODER = "encoder"  # ``decoder=`` name of the encoder's own decoder
-DECODER_SECTION = "decoder"  # the bundle's default pixel decoder (replaces the encoder's own)
-
-
-def decoder_section(name: str | None) -> str:
-    """The bundle section of pixel decoder ``name``: ``decoder`` for None, else ``decoder_<name>``."""
-    return DECODER_SECTION if name is None else f"{DECODER_SECTION}_{name}"
-
-
-def decoder_names(config: dict[str, Any]) -> list[str]:
-    """The ``decoder=`` names a bundle offers: its named pixel decoders (``decoder_<name>``
-    sections) and ``"encoder"`` when the encoder decodes itself."""
-    prefix = f"{DECODER_SECTION}_"
-    names = [k[len(prefix) :] for k, v in config.items() if k.startswith(prefix) and v]
-    if config.get("encoder", {}).get("has_decoder"):
-        names.append(ENCODER_DECODER)
-    return sorted(names)
 
 
 def build_pixel_decoder_from_config(
