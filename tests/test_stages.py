@@ -342,7 +342,7 @@ def test_a_named_decoder_is_used_only_when_asked(tiny_bundle, bundle_copy, blob_
     with pytest.raises(UnknownNameError, match="did you mean 'light'"):
         WorldModel.from_pretrained(bundle_copy, decoder="lihgt")
 
-    # the envs pass the choice on, and the vector env renders what single envs render
+    # the envs pass the choice on, and the vector env renders what a single env renders
     start = [{"frames": np.full((32, 32, 3), 90, np.uint8), "instruction": "push"}]
     env = gym.make(wm_env.WORLD_MODEL_ENV_ID, model=bundle_copy, starts=start, decoder="light")
     vec = gym.make_vec(
@@ -358,7 +358,8 @@ def test_a_named_decoder_is_used_only_when_asked(tiny_bundle, bundle_copy, blob_
     vec.reset(seed=3)
     frame = env.step(np.zeros(7, np.float32))[0]["image"]
     frames = vec.step(np.zeros((2, 7), np.float32))[0]["image"]
-    assert np.array_equal(frames[0], frame)
+    # the same frame, up to one grey level of float rounding between batch compositions
+    assert np.abs(frames[0].astype(int) - frame.astype(int)).max() <= 1
     with pytest.raises(ValueError, match="cannot change a loaded WorldModel"):
         gym.make(wm_env.WORLD_MODEL_ENV_ID, model=light, starts=start, decoder="light")
 
