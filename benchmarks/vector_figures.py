@@ -32,17 +32,13 @@ RESULTS = Path(__file__).parent / "results"
 
 
 class VectorSetup:
-    """N episodes in one vector env: one batched model call per step."""
+    """N episodes in one vector env: one batched model call per step.
 
-    def __init__(
-        self,
-        bundle: Path,
-        starts,
-        n: int,
-        dtype: str | None,
-        num_steps: int | None = None,
-        decoder: str | None = None,
-    ) -> None:
+    ``model_options`` (``dtype``, ``num_steps``, ``decoder``) go to the model, as for
+    :class:`SingleSetup`.
+    """
+
+    def __init__(self, bundle: Path, starts, n: int, **model_options) -> None:
         self.n = n
         self.env = gym.make_vec(
             wm_env.WORLD_MODEL_ENV_ID,
@@ -50,9 +46,7 @@ class VectorSetup:
             vectorization_mode="vector_entry_point",
             model=bundle,
             starts=starts,
-            dtype=dtype,
-            num_steps=num_steps,
-            decoder=decoder,
+            **model_options,
         )
         self.env.reset(seed=0)
         self.actions = np.zeros((n, 7), dtype=np.float32)
@@ -62,26 +56,17 @@ class VectorSetup:
 
 
 class SingleSetup:
-    """N single envs, each with its own model, stepped one after the other."""
+    """N single envs, each with its own model (``WorldModel.from_pretrained(bundle,
+    **model_options)``), stepped one after the other."""
 
-    def __init__(
-        self,
-        bundle: Path,
-        starts,
-        n: int,
-        dtype: str | None,
-        num_steps: int | None = None,
-        decoder: str | None = None,
-    ) -> None:
+    def __init__(self, bundle: Path, starts, n: int, **model_options) -> None:
         from wm_env.world_model import WorldModel
 
         self.n = n
         self.envs = [
             gym.make(
                 wm_env.WORLD_MODEL_ENV_ID,
-                model=WorldModel.from_pretrained(
-                    bundle, dtype=dtype, num_steps=num_steps, decoder=decoder
-                ),
+                model=WorldModel.from_pretrained(bundle, **model_options),
                 starts=starts,
             )
             for _ in range(n)
@@ -166,9 +151,9 @@ def main() -> None:
     for n in (int(x) for x in args.sizes.split(",")):
         setups: dict[str, VectorSetup | SingleSetup] = {}
         for dtype in dtypes:
-            options = (n, dtype, args.num_steps, args.decoder)
-            setups[f"vector {dtype}"] = VectorSetup(args.bundle, starts, *options)
-            setups[f"single {dtype}"] = SingleSetup(args.bundle, starts, *options)
+            options = {"dtype": dtype, "num_steps": args.num_steps, "decoder": args.decoder}
+            setups[f"vector {dtype}"] = VectorSetup(args.bundle, starts, n, **options)
+            setups[f"single {dtype}"] = SingleSetup(args.bundle, starts, n, **options)
         rates = interleaved_steps_per_second(setups, args.steps, args.warmup, args.rounds)
         del setups
         best_single = max(rates[f"single {dtype}"] for dtype in dtypes)

@@ -85,8 +85,9 @@ def build_pixel_decoder_from_config(
     from train.decoder import PixelDecoder, PixelDecoderConfig
     from wm_env.errors import UnknownNameError
 
-    if name is not None and name not in decoder_names(config):
-        raise UnknownNameError("decoder", name, decoder_names(config))
+    offered = decoder_names(config)
+    if name is not None and name not in offered:
+        raise UnknownNameError("decoder", name, offered)
     if name == ENCODER_DECODER:
         return None
     key = decoder_section(name)
