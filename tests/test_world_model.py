@@ -167,6 +167,35 @@ def test_cache_and_no_cache_agree(tiny_bundle, wm, starts):
     assert max_abs_diff(a, b) <= 1  # identical up to a rounding flip
 
 
+def deep_model(wm: WorldModel, depth: int, use_cache: bool) -> WorldModel:
+    """``wm`` with a random-weight DiT of ``depth`` layers (same seed, so both calls agree)."""
+    import copy
+
+    from train.dit import DiT, DiTConfig
+
+    config = copy.deepcopy(wm.config)
+    config["dynamics"]["dit"]["depth"] = depth
+    torch.manual_seed(7)
+    dit = DiT(DiTConfig(**config["dynamics"]["dit"])).eval().requires_grad_(False)
+    for parameter in dit.parameters():  # DiT zero-initialises its adaLN: every block would be
+        parameter.normal_(0.0, 0.2)  # the identity, and frames would not talk to each other
+    return WorldModel(
+        wm.bundle, config, wm.encoder, wm.adapter, wm.pixel_decoder, dit, wm.scheduler,
+        wm.device, num_steps=wm.num_steps, use_cache=use_cache, temperature=wm.temperature,
+    )  # fmt: skip
+
+
+def test_cached_rollout_of_a_multi_layer_model_computes_what_training_trained(wm, starts):
+    """With several layers the context of every step is the last ``history`` frames alone, as
+    in the training clips: the cache must not carry older frames in through deeper layers
+    (a sliding cache does: layer l of frame t would have seen frames back to t - l * history)."""
+    cached, recomputed = deep_model(wm, 4, True), deep_model(wm, 4, False)
+    a, la = rollout(cached, starts, steps=6, seed=4)  # 6 steps: well past the 2-frame window
+    b, lb = rollout(recomputed, starts, steps=6, seed=4)
+    assert torch.allclose(la, lb, atol=1e-4), float((la - lb).abs().max())
+    assert max_abs_diff(a, b) <= 1
+
+
 def test_bf16_autocasts_sampling_encoding_and_decoding(tiny_bundle, wm, starts):
     """bf16 runs every forward pass in bfloat16 yet returns float32 latents and close frames."""
     low = WorldModel.from_pretrained(tiny_bundle, dtype="bf16")

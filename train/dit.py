@@ -786,8 +786,9 @@ class DiT(nn.Module):
         ``context_frames`` past frames, with ``num_steps`` denoising steps.
 
         Without a cache every step reprocesses the whole window of ``context_frames + 1``
-        frames. With one, every step processes only the new frame (its temporal queries attend
-        to ``context_frames + 1`` keys), plus one more pass to append the finished frame.
+        frames. With one (as the runtime uses it), one pass over the ``context_frames`` context
+        frames fills it, and every denoising step then processes only the new frame (its
+        temporal queries attend to ``context_frames + 1`` keys).
         Counts projections, attention scores and values, MLPs, adaLN, embedders, the head and
         the mean head (once per frame); ignores norms, RoPE, softmax and elementwise work.
         """
@@ -810,4 +811,6 @@ class DiT(nn.Module):
         mean = self.mean_head.flops(num_views) if self.mean_head is not None else 0
         if not cached:
             return mean + num_steps * (n * per_frame + temporal(n * (n + 1) // 2))
-        return mean + (num_steps + 1) * (per_frame + temporal(n))
+        k = context_frames
+        context_pass = k * per_frame + temporal(k * (k + 1) // 2)
+        return mean + context_pass + num_steps * (per_frame + temporal(n))
