@@ -91,6 +91,17 @@ def _train_dynamics(args: list[str], prog: str) -> None:
     print(f"dynamics written to {bundle}")
 
 
+@command("train", "readout", "train the state read-out (robot and object states from frames)")
+def _train_readout(args: list[str], prog: str) -> None:
+    import tyro
+
+    from train.stage_readout import ReadoutStageConfig, run_readout_stage
+
+    print(
+        f"read-out written to {run_readout_stage(tyro.cli(ReadoutStageConfig, args=args, prog=prog))}"
+    )
+
+
 @command("train", "adapter", "train the S-VAE / MLP adapter on frozen encoder features")
 def _train_adapter(args: list[str], prog: str) -> None:
     import tyro
@@ -163,6 +174,22 @@ def _eval_dynamics(args: list[str], prog: str) -> None:
     config = tyro.cli(EvalConfig, args=args, prog=prog)
     evaluate(config)
     print((config.out / "eval.md").read_text())
+    print(f"written to {config.out}")
+
+
+@command(
+    "eval",
+    "fidelity",
+    "world-model rollouts of recorded actions read out as states: eef, objects, colours, success",
+)
+def _eval_fidelity(args: list[str], prog: str) -> None:
+    import tyro
+
+    from train.fidelity import FidelityConfig, evaluate_fidelity
+
+    config = tyro.cli(FidelityConfig, args=args, prog=prog)
+    evaluate_fidelity(config)
+    print((config.out / "fidelity.md").read_text())
     print(f"written to {config.out}")
 
 
