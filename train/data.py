@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from train.clips import split_episodes
-from wm_env.dataset.lerobot import LeRobotDataset
+
+if TYPE_CHECKING:  # imported lazily: training from packed latents needs no pandas/pyarrow
+    from wm_env.dataset.lerobot import LeRobotDataset
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ def load_split(
     config: DataConfig, progress: bool = True
 ) -> tuple[LeRobotDataset, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(dataset, train arrays, validation arrays) as ``LeRobotDataset.load_arrays`` returns them."""
+    from wm_env.dataset.lerobot import LeRobotDataset
+
     dataset = LeRobotDataset(config.dataset)
     train_ids, val_ids = split_episodes(
         dataset.num_episodes, config.val_fraction, config.split_seed

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -267,13 +268,17 @@ def evaluate_fidelity(config: FidelityConfig, progress: bool = True) -> dict:
     worlds = {"model": {}, "copy": {}, "truth": {}}
     pix = {name: {} for name in ("model", "copy", "ceiling")}
     gif = {}
+    generation = [0.0, 0]  # seconds and frames of world-model rollouts (decoding included)
     bar = tqdm(total=len(episodes), desc="fidelity rollouts", disable=not progress)
     for batch in batches:
         steps = lengths[batch[0]]
         frames = {e: dataset.frames(e, config.data.camera, count=steps + 1) for e in batch}
         acts = np.stack([dataset.actions(e)[:steps] for e in batch])
         firsts = np.stack([frames[e][0] for e in batch])
+        started = time.perf_counter()
         predicted = _rollouts(model, firsts, acts, [config.seed + e for e in batch])
+        generation[0] += time.perf_counter() - started
+        generation[1] += predicted.shape[0] * predicted.shape[1]
         for b, e in enumerate(batch):
             true = frames[e][1:]
             copy = np.broadcast_to(frames[e][:1], true.shape).copy()
@@ -302,6 +307,8 @@ def evaluate_fidelity(config: FidelityConfig, progress: bool = True) -> dict:
         )
 
     figures = _summarise(config, model, episodes, lengths, pix, errors, true_success)
+    figures["ms_per_frame"] = round(1000 * generation[0] / max(generation[1], 1), 2)
+    figures["batch_size"] = config.batch_size
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "fidelity.json").write_text(json.dumps(figures, indent=2))
     (config.out / "fidelity.md").write_text(_markdown(figures))
@@ -408,7 +415,9 @@ def _markdown(f: dict) -> str:
         f"{f['episodes']} episodes of `{f['dataset']}` (split `{f['split']}`), rolled out from "
         f"their first frame under the recorded actions for up to {f['horizon']} steps; "
         f"{f['num_steps']} denoising steps, temperature {f['temperature']:g}, {f['dtype']}, "
-        f"{f['decoder']} decoder; states read by `{f['readout']}`.",
+        f"{f['decoder']} decoder; states read by `{f['readout']}`. Generation "
+        f"{f.get('ms_per_frame', float('nan')):.1f} ms per frame (batches of "
+        f"{f.get('batch_size', '?')}, decoding included).",
         "",
         "| step | " + " | ".join(str(s) for s in steps) + " |",
         "|---|" + "---|" * len(steps),

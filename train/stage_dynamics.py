@@ -19,8 +19,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from train.clips import ClipIndex
-from train.data import DataConfig, dataset_fingerprint, load_split
-from train.latent_cache import cached_episode_latents
+from train.data import DataConfig
 from train.loop import (
     OptimConfig,
     RuntimeConfig,
@@ -41,12 +40,7 @@ from wm_env.bundle import (
     update_config,
     write_component,
 )
-from wm_env.world_model import (
-    build_adapter_from_config,
-    build_encoder_from_config,
-    condition_dim,
-    normalize_actions,
-)
+from wm_env.world_model import condition_dim, normalize_actions
 
 TARGETS = ("frame", "delta")
 VAL_CLIPS = 256  # held-out clips in the fixed validation batch
@@ -95,6 +89,8 @@ class DynamicsStageConfig:
             ``mean_head_unroll`` on a trained model). Its DiT settings and latent space must
             match this run's; its latent statistics are kept (the weights were trained with
             them). The optimiser and learning-rate schedule start afresh.
+        packed: train from a packed-latents file (``wmgym train pack``) instead of encoding
+            ``data``: no dataset, encoder, pandas or diffusers needed (a lent GPU machine).
         run_dir: checkpoints, latent cache, loss log (default ``runs/<bundle name>/dynamics``).
     """
 
@@ -133,6 +129,7 @@ class DynamicsStageConfig:
     )
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     init_from: Path | None = None
+    packed: Path | None = None
     run_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -346,6 +343,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     """Train the DiT; write ``dynamics.safetensors`` and the action statistics into the bundle."""
     from train.dit import DiT, DiTConfig
     from train.flow import make_scheduler, shift_for_latents, training_loss
+    from train.packed import encoded_dataset, latent_space_key, read_packed
 
     device = torch.device(config.runtime.device)
     bundle_config = read_config(config.bundle)
@@ -353,22 +351,13 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         raise ValueError(
             f"{config.bundle} has no encoder yet: run `wmgym train encoder --bundle {config.bundle}` first"
         )
-    encoder = build_encoder_from_config(bundle_config, config.bundle, device)
-    adapter = build_adapter_from_config(bundle_config, config.bundle, device)
-    dataset, train, val = load_split(config.data, progress)
     run_dir = config.resolved_run_dir()
     weights = latent_space_hashes(bundle_config)
-    space = f"{bundle_config['encoder']}|{bundle_config.get('adapter')}|{weights}"
-
-    def encoded(arrays) -> torch.Tensor:  # (N, L, D) latents of a split, cached per episode
-        return cached_episode_latents(
-            run_dir / "latents.safetensors",
-            space,
-            arrays,
-            lambda frames: encode_frames(encoder, adapter, frames, progress=progress),
-        )
-
-    latents = encoded(train)
+    if config.packed:
+        data = read_packed(config.packed, latent_space_key(bundle_config))
+    else:
+        data = encoded_dataset(config.bundle, config.data, run_dir, config.runtime.device, progress)
+    train, val, latents = data.train, data.val, data.train_latents  # latents (N, L, D)
     tokens, channels = latents.shape[1:]
     grid = tuple(bundle_config["encoder"]["grid"])
 
@@ -387,7 +376,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     delta_std = torch.tensor(stats["delta_std"])
     normalized = ((latents - mean) / std).to(device)  # (N, L, D)
     actions = torch.from_numpy(train["actions"]).to(device)  # (N, 7)
-    action_stats = {k: v for k, v in dataset.stats["action"].items()}
+    action_stats = dict(data.action_stats)
 
     shift = config.shift or shift_for_latents(tokens, config.patch_size, channels)
     scheduler_section = (
@@ -493,7 +482,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     if config.val_every and val is not None:
         val_clips = ClipIndex.build(val, config.history, config.future + unroll, config.frame_skip)
         if len(val_clips):
-            val_latents = encoded(val)
+            val_latents = data.val_latents
             pick = np.linspace(0, len(val_clips) - 1, min(VAL_CLIPS, len(val_clips))).astype(int)
             validation = (
                 ((val_latents - mean) / std).to(device),
@@ -521,7 +510,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         "tokens": int(tokens),
         "steps": trainer.state.step,
         "train_seconds": round(trainer.state.seconds, 1),
-        "dataset": dataset_fingerprint(dataset),
+        "dataset": data.fingerprint,
         "encoder_sha256": weights,
         **stats,
     }

@@ -102,6 +102,16 @@ def _train_readout(args: list[str], prog: str) -> None:
     )
 
 
+@command("train", "pack", "encode a dataset's train/val split into one packed-latents file")
+def _train_pack(args: list[str], prog: str) -> None:
+    import tyro
+
+    from train.packed import PackConfig, pack_latents
+
+    path = pack_latents(tyro.cli(PackConfig, args=args, prog=prog))
+    print(f"packed latents written to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
 @command("train", "adapter", "train the S-VAE / MLP adapter on frozen encoder features")
 def _train_adapter(args: list[str], prog: str) -> None:
     import tyro
