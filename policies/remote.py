@@ -71,14 +71,54 @@ def _pack_numpy(obj: Any) -> Any:
     raise TypeError(f"cannot send {type(obj).__name__} over msgpack")
 
 
+# Largest websocket message either side accepts: a 7-D action chunk or a few 256x256 images
+# are far below it; a peer sending more is refused before anything is decoded.
+MAX_MESSAGE_BYTES = 32 * 2**20
+UNSAFE_DTYPE_KINDS = "VOcMm"  # void/structured, object, complex, datetimes: never from the wire
+
+
+def wire_dtype(text: Any) -> np.dtype:
+    """The numpy dtype a peer named, refusing any that is not plain data.
+
+    An object dtype (or a structured one holding objects) would make numpy read pointers out
+    of the peer's bytes, which crashes the process; openpi's own msgpack-numpy refuses void,
+    object and complex arrays for the same reason.
+    """
+    if not isinstance(text, (str, bytes)):
+        raise ValueError(f"array dtype must be a string; got {type(text).__name__}")
+    try:
+        dtype = np.dtype(text.decode() if isinstance(text, bytes) else text)
+    except TypeError as exc:
+        raise ValueError(f"unknown array dtype {text!r}") from exc
+    if dtype.hasobject or dtype.kind in UNSAFE_DTYPE_KINDS:
+        raise ValueError(f"refusing an array of dtype {dtype} from the wire (only plain data)")
+    return dtype
+
+
 def _unpack_numpy(obj: dict) -> Any:
     def get(key: str) -> Any:  # openpi packs bytes keys; accept str keys from other packers
-        return obj[key.encode()] if key.encode() in obj else obj[key]
+        if key.encode() in obj:
+            return obj[key.encode()]
+        if key not in obj:
+            raise ValueError(f"array map without {key!r}")
+        return obj[key]
 
     if b"__ndarray__" in obj or "__ndarray__" in obj:
-        return np.ndarray(buffer=get("data"), dtype=np.dtype(get("dtype")), shape=get("shape"))
+        dtype, data, shape = wire_dtype(get("dtype")), get("data"), get("shape")
+        if not isinstance(data, bytes):
+            raise ValueError(f"array data must be bytes; got {type(data).__name__}")
+        if not isinstance(shape, (list, tuple)) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+        ):
+            raise ValueError(f"array shape must be a list of ints >= 0; got {shape!r}")
+        if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(data):
+            raise ValueError(
+                f"array of shape {list(shape)} and dtype {dtype} needs "
+                f"{int(np.prod(shape, dtype=np.int64)) * dtype.itemsize} bytes; got {len(data)}"
+            )
+        return np.ndarray(buffer=data, dtype=dtype, shape=tuple(shape))
     if b"__npgeneric__" in obj or "__npgeneric__" in obj:
-        return np.dtype(get("dtype")).type(get("data"))
+        return wire_dtype(get("dtype")).type(get("data"))
     return obj
 
 
@@ -330,7 +370,10 @@ class WebsocketPolicyClient:
 
         def open_and_handshake() -> Any:
             connection = connect(
-                self.url, compression=None, max_size=None, open_timeout=self.timeout
+                self.url,
+                compression=None,
+                max_size=MAX_MESSAGE_BYTES,
+                open_timeout=self.timeout,
             )
             try:
                 metadata = connection.recv(timeout=self.timeout)

@@ -35,7 +35,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from policies.base import Policy, check_action, check_observation
-from policies.remote import KEY_MAPS, decode_json, encode_json, pack_msgpack, unpack_msgpack
+from policies.remote import (
+    KEY_MAPS,
+    MAX_MESSAGE_BYTES,
+    decode_json,
+    encode_json,
+    pack_msgpack,
+    unpack_msgpack,
+)
 
 
 class RequestError(ValueError):
@@ -184,7 +191,7 @@ class _WebsocketThread:
             host,
             port,
             compression=None,
-            max_size=None,
+            max_size=MAX_MESSAGE_BYTES,
             process_request=self._health,
         )
         self.thread = threading.Thread(

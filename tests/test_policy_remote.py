@@ -409,7 +409,22 @@ def scripted_ws_server(answers: list, metadata=None):
     return server, f"ws://127.0.0.1:{server.socket.getsockname()[1]}"
 
 
+def raw_array(dtype: str, data: bytes = b"\x00" * 56, shape=(1, 7)) -> bytes:
+    """An openpi array map with any dtype string, as a malicious peer could send it."""
+    import msgpack
+
+    return msgpack.packb(
+        {"actions": {b"__ndarray__": True, b"data": data, b"dtype": dtype, b"shape": list(shape)}},
+        use_bin_type=True,
+    )
+
+
 WS_GARBAGE = {
+    "object dtype": (raw_array("|O"), "dtype object"),
+    "complex dtype": (raw_array("<c8"), "dtype complex64"),
+    "structured with objects": (raw_array("V8"), "dtype"),
+    "short buffer": (raw_array("<f4", b"\x00" * 8), "needs 28 bytes"),
+    "negative shape": (raw_array("<f4", b"", (-1, 7)), "shape must be"),
     "not msgpack": (b"\xc1\xc1\xc1", "not msgpack"),
     "no actions": (pack_msgpack({"result": 1}), "without 'actions'"),
     "eight dims": (pack_msgpack({"actions": np.zeros((4, 8), np.float32)}), r"shape \(4, 8\)"),
@@ -518,3 +533,49 @@ def test_wmgym_serve_serves_the_rest_client(stop_signal):
                 f"the server did not stop within 60 s of {stop_signal!r}; its threads:\n{stderr}"
             )
     assert process.returncode == 0, stderr  # a graceful stop, not a kill
+
+
+@pytest.mark.parametrize("dtype", ["|O", "<c16", "V16", "<M8[s]"])
+def test_websocket_server_survives_frames_of_unsafe_dtypes_and_answers_after(dtype):
+    """One frame of object (or void, complex, datetime) dtype must not take the server down:
+    numpy would read pointers out of the client's bytes."""
+    import msgpack
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.sync.client import connect
+
+    with PolicyServer(Echo(), port=0, protocol="websocket") as server:
+        with connect(server.url, compression=None) as raw:
+            unpack_msgpack(raw.recv(timeout=5))  # metadata
+            image = {b"__ndarray__": True, b"data": b"\x01" * 16, b"dtype": dtype, b"shape": [2]}
+            raw.send(msgpack.packb({"observation/image": image, "prompt": "x"}, use_bin_type=True))
+            text = raw.recv(timeout=5)
+            assert isinstance(text, str) and "refusing an array" in text
+            with pytest.raises(ConnectionClosedError):
+                raw.recv(timeout=5)
+        with WebsocketPolicyClient(server.url, retries=0, timeout=5) as client:
+            assert client.act(observation()).shape[1] == 7  # still serving
+
+
+def test_websocket_messages_are_capped_on_both_sides():
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.sync.client import connect
+
+    from policies.remote import MAX_MESSAGE_BYTES
+
+    with PolicyServer(Echo(), port=0, protocol="websocket") as server:
+        with connect(server.url, compression=None, max_size=None) as raw:
+            raw.recv(timeout=5)
+            raw.send(b"\x00" * (MAX_MESSAGE_BYTES + 1))
+            with pytest.raises(ConnectionClosedError):
+                raw.recv(timeout=5)
+            assert raw.close_code == 1009  # message too big
+        with WebsocketPolicyClient(server.url, retries=0, timeout=5) as client:
+            assert client.act(observation()).shape[1] == 7
+    big = pack_msgpack({"actions": np.zeros((MAX_MESSAGE_BYTES // 28 + 1, 7), np.float32)})
+    server, url = scripted_ws_server([big])
+    try:
+        with WebsocketPolicyClient(url, retries=0, timeout=5) as client:
+            with pytest.raises(PolicyServerError, match="1009|too big|message"):
+                client.act(observation())
+    finally:
+        server.shutdown()
