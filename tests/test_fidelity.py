@@ -146,7 +146,7 @@ def test_targets_round_trip_and_the_loss_is_zero_only_at_the_truth(states):
     logits = targets.clone()
     k = len(OBJECT_CLASSES)
     slots = logits[:, 4:].reshape(-1, k, 4)
-    slots[..., 0] = torch.where(slots[..., 0] > 0.5, 20.0, -20.0)  # confident presence logits
+    slots[..., 3] = torch.where(slots[..., 3] > 0.5, 20.0, -20.0)  # confident presence logits
     perfect, _ = readout_loss(logits, targets)
     off = logits.clone()
     off[:, 0] += 0.5  # eef x off by 5 cm
