@@ -84,7 +84,12 @@ def _with_starts(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def encoded_dataset(
-    bundle: Path, data: DataConfig, run_dir: Path, device: str, progress: bool = True
+    bundle: Path,
+    data: DataConfig,
+    run_dir: Path,
+    device: str,
+    progress: bool = True,
+    with_val: bool = True,
 ) -> PackedData:
     """Load ``data``'s split and encode it with ``bundle``'s encoder (cached in ``run_dir``)."""
     from train.data import dataset_fingerprint, load_split
@@ -116,7 +121,7 @@ def encoded_dataset(
         {k: train[k] for k in keep},
         None if val is None else {k: val[k] for k in keep},
         encoded(train),
-        None if val is None else encoded(val),
+        None if val is None or not with_val else encoded(val),
         dict(dataset.stats["action"]),
         dataset_fingerprint(dataset),
     )

@@ -356,7 +356,14 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     if config.packed:
         data = read_packed(config.packed, latent_space_key(bundle_config))
     else:
-        data = encoded_dataset(config.bundle, config.data, run_dir, config.runtime.device, progress)
+        data = encoded_dataset(
+            config.bundle,
+            config.data,
+            run_dir,
+            config.runtime.device,
+            progress,
+            bool(config.val_every),
+        )
     train, val, latents = data.train, data.val, data.train_latents  # latents (N, L, D)
     tokens, channels = latents.shape[1:]
     grid = tuple(bundle_config["encoder"]["grid"])
