@@ -82,6 +82,12 @@ class DiTConfig:
             models the residual. 0 (the default): no head, the flow models the whole target.
         mean_head_depth: residual blocks of the mean head.
         mean_head_history: context frames the mean head reads.
+        state_dim: width ``S`` of the robot state each frame is conditioned on (0: none). The
+            condition of a frame is then ``action_dim + S`` wide: its action followed by the
+            normalised state at that frame (``train/state_head.py``); the model also gets a
+            :class:`train.state_head.StateHead` that predicts the next state, and the state
+            enters as a per-token map besides the adaLN condition.
+        state_map_channels: channels per latent cell of the state map the mean head reads.
     """
 
     in_channels: int
@@ -101,6 +107,8 @@ class DiTConfig:
     mean_head_width: int = 0
     mean_head_depth: int = 4
     mean_head_history: int = 2
+    state_dim: int = 0
+    state_map_channels: int = 8
 
     def __post_init__(self) -> None:
         grid = tuple(self.grid)
@@ -148,6 +156,11 @@ class DiTConfig:
             raise ValueError(f"action_dropout must be in [0, 1]; got {self.action_dropout}")
         if self.rope_base <= 1.0:
             raise ValueError(f"rope_base must be > 1; got {self.rope_base}")
+        if self.state_dim < 0 or self.state_map_channels < 1:
+            raise ValueError(
+                f"state_dim must be >= 0 and state_map_channels >= 1; got {self.state_dim}, "
+                f"{self.state_map_channels}"
+            )
         if self.mean_head_width < 0 or self.mean_head_depth < 0 or self.mean_head_history < 1:
             raise ValueError(
                 f"mean head needs width >= 0, depth >= 0, history >= 1; got {self.mean_head_width}, "
@@ -167,6 +180,11 @@ class DiTConfig:
     def tokens_per_view(self) -> int:
         """``N = h * w``: input tokens of one view (before patching)."""
         return self.grid[0] * self.grid[1]
+
+    @property
+    def condition_width(self) -> int:
+        """Width of one frame's condition: the action, then the state when ``state_dim``."""
+        return self.action_dim + self.state_dim
 
     @property
     def mlp_hidden(self) -> int:
@@ -551,6 +569,13 @@ class DiT(nn.Module):
         self.patch_embed = nn.Conv2d(cfg.in_channels, C, kernel_size=p, stride=p)
         self.t_embedder = TimestepEmbedder(C)
         self.action_embedder = nn.Linear(cfg.action_dim, C)
+        self.state_embedder = self.state_tokens = self.state_head = None
+        if cfg.state_dim:
+            from train.state_head import StateHead, StateMap
+
+            self.state_embedder = nn.Linear(cfg.state_dim, C)  # into the adaLN condition
+            self.state_tokens = StateMap(cfg.state_dim, cfg.patch_grid, C)  # added to tokens
+            self.state_head = StateHead(cfg.state_dim, cfg.mean_head_history, cfg.action_dim)
         self.layers = nn.ModuleList(
             [DiTLayer(C, cfg.heads, cfg.mlp_hidden, cfg.qk_norm) for _ in range(cfg.depth)]
         )
@@ -566,6 +591,8 @@ class DiT(nn.Module):
                 cfg.action_dim,
                 cfg.mean_head_width,
                 cfg.mean_head_depth,
+                state_dim=cfg.state_dim,
+                state_map_channels=cfg.state_map_channels,
             )
         self.initialize_weights()
 
@@ -585,6 +612,15 @@ class DiT(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         nn.init.normal_(self.action_embedder.weight, std=0.02)
+        if self.state_embedder is not None:  # a model grown from one without states starts as it
+            from train.state_head import StateHead, StateMap
+
+            nn.init.zeros_(self.state_embedder.weight)
+            nn.init.zeros_(self.state_embedder.bias)
+            for module in self.modules():
+                if isinstance(module, (StateMap, StateHead)):
+                    nn.init.zeros_(module.net[-1].weight)
+                    nn.init.zeros_(module.net[-1].bias)
         for layer in self.layers:
             for block in (layer.spatial, layer.temporal):
                 nn.init.zeros_(block.adaLN_modulation[-1].weight)
@@ -623,10 +659,11 @@ class DiT(nn.Module):
         B, T = x.shape[:2]
         if tuple(t.shape) != (B, T):
             raise ValueError(f"t must be (B, T) = {(B, T)}; got {tuple(t.shape)}")
-        if tuple(actions.shape) != (B, T, self.config.action_dim):
+        width = self.config.condition_width
+        if tuple(actions.shape) != (B, T, width):
             raise ValueError(
-                f"actions must be (B, T, action_dim) = {(B, T, self.config.action_dim)}; "
-                f"got {tuple(actions.shape)}"
+                f"actions must be (B, T, condition width) = {(B, T, width)} (the action"
+                f"{' and the state' if self.config.state_dim else ''}); got {tuple(actions.shape)}"
             )
         return views
 
@@ -647,14 +684,20 @@ class DiT(nn.Module):
         )
 
     def condition(self, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Per-frame conditioning ``(B, T, C)``; applies action dropout in training mode."""
+        """Per-frame conditioning ``(B, T, C)`` from times ``(B, T)`` and conditions
+        ``(B, T, A [+ S])``; applies action dropout (to the action part) in training mode."""
         p = self.config.action_dropout
+        A = self.config.action_dim
+        actions, states = actions[..., :A], actions[..., A:]
         if self.training and p > 0:
             drop = torch.rand(actions.shape[0], 1, 1, device=actions.device) < p  # (B, 1, 1)
             null = torch.zeros_like(actions)
             null[..., -1] = 1.0
             actions = torch.where(drop, null, actions)
-        return self.t_embedder(t) + self.action_embedder(actions)
+        c = self.t_embedder(t) + self.action_embedder(actions)
+        if self.state_embedder is not None:
+            c = c + self.state_embedder(states)
+        return c
 
     # ----------------------------------------------------------------- forward
 
@@ -673,6 +716,10 @@ class DiT(nn.Module):
         T = x.shape[1]
         c = self.condition(t, actions)  # (B, T, C)
         h = self.patchify(x, views)  # (B, T, S, C)
+        if self.state_tokens is not None:  # where the state puts the arm, on every token
+            states = actions[..., cfg.action_dim :]  # (B, T, S_state)
+            grid = self.state_tokens(states)  # (B, T, C, h/p, w/p)
+            h = h + rearrange(grid, "b t c hh ww -> b t (hh ww) c").repeat(1, 1, views, 1)
         dev = x.device
         s_rope = spatial_rope(views, cfg.patch_grid, cfg.head_dim, cfg.rope_base, dev)  # (S, d/2)
         q_pos = torch.arange(frame_offset, frame_offset + T, device=dev)  # (T,)

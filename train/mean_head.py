@@ -47,6 +47,9 @@ class MeanHead(nn.Module):
         action_dim: condition width ``A`` (the DiT's ``action_dim``).
         width: hidden channels ``W`` (a multiple of 8).
         depth: residual blocks of two 3x3 convolutions.
+        state_dim: width of the robot state that follows the action in the condition (0: none);
+            the state is also drawn onto the grid by a :class:`train.state_head.StateMap` of
+            ``state_map_channels`` channels, so every cell knows where the arm should be.
 
     The output layer starts at zero, so an untrained head predicts "no change" for the delta
     target.
@@ -60,6 +63,8 @@ class MeanHead(nn.Module):
         action_dim: int,
         width: int = 96,
         depth: int = 4,
+        state_dim: int = 0,
+        state_map_channels: int = 8,
     ) -> None:
         super().__init__()
         if width < GROUPS or width % GROUPS:
@@ -70,7 +75,18 @@ class MeanHead(nn.Module):
             raise ValueError(f"mean head needs history >= 1 and depth >= 0; got {history}, {depth}")
         self.channels, self.grid, self.history = channels, tuple(grid), history
         self.action_dim, self.width, self.depth = action_dim, width, depth
-        self.inp = nn.Conv2d(history * channels + action_dim, width, 3, padding=1)
+        self.state_dim = state_dim
+        self.state_map = None
+        map_channels = 0
+        if state_dim:
+            from train.state_head import StateMap
+
+            self.state_map = StateMap(state_dim, grid, state_map_channels)
+            map_channels = state_map_channels
+        # input channels: context latents, then the condition (action, state), then the state map
+        self.inp = nn.Conv2d(
+            history * channels + action_dim + state_dim + map_channels, width, 3, padding=1
+        )
         self.blocks = nn.Sequential(*[_ResidualBlock(width) for _ in range(depth)])
         self.out = nn.Sequential(
             nn.GroupNorm(GROUPS, width), nn.SiLU(), nn.Conv2d(width, channels, 3, padding=1)
@@ -79,7 +95,7 @@ class MeanHead(nn.Module):
         nn.init.zeros_(self.out[-1].bias)
 
     def forward(self, context: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Context latents ``(B, l, V*N, D)`` and the new frame's condition ``(B, A)`` ->
+        """Context latents ``(B, l, V*N, D)`` and the new frame's condition ``(B, A [+ S])`` ->
         the target's conditional mean ``(B, V*N, D)``."""
         h, w = self.grid
         B, given, tokens, D = context.shape
@@ -87,8 +103,9 @@ class MeanHead(nn.Module):
             raise ValueError(
                 f"context must be (B, l >= 1, V*{h * w}, {self.channels}); got {tuple(context.shape)}"
             )
-        if tuple(action.shape) != (B, self.action_dim):
-            raise ValueError(f"action must be ({B}, {self.action_dim}); got {tuple(action.shape)}")
+        width = self.action_dim + self.state_dim
+        if tuple(action.shape) != (B, width):
+            raise ValueError(f"condition must be ({B}, {width}); got {tuple(action.shape)}")
         if given < self.history:
             pad = context[:, :1].expand(B, self.history - given, tokens, D)
             context = torch.cat([pad, context], dim=1)
@@ -96,7 +113,10 @@ class MeanHead(nn.Module):
         views = tokens // (h * w)
         x = rearrange(context, "b l (v hh ww) d -> (b v) (l d) hh ww", v=views, hh=h, ww=w)
         a = action.to(x.dtype).repeat_interleave(views, dim=0)[:, :, None, None]
-        x = torch.cat([x, a.expand(-1, -1, h, w)], dim=1)  # (B*V, l*D + A, h, w)
+        parts = [x, a.expand(-1, -1, h, w)]  # (B*V, l*D, h, w), (B*V, A [+ S], h, w)
+        if self.state_map is not None:
+            parts.append(self.state_map(a[:, self.action_dim :, 0, 0]))  # (B*V, k, h, w)
+        x = torch.cat(parts, dim=1)
         out = self.out(self.blocks(self.inp(x)))  # (B*V, D, h, w)
         return rearrange(out, "(b v) d hh ww -> b (v hh ww) d", v=views)
 
@@ -104,6 +124,6 @@ class MeanHead(nn.Module):
         """Matmul FLOPs (``2 m n k``) of one forward for one frame."""
         cells = views * self.grid[0] * self.grid[1]
         per_conv = 2 * 9 * cells * self.width * self.width
-        first = 2 * 9 * cells * (self.history * self.channels + self.action_dim) * self.width
+        first = 2 * 9 * cells * self.inp.in_channels * self.width
         last = 2 * 9 * cells * self.width * self.channels
         return first + 2 * self.depth * per_conv + last

@@ -32,7 +32,8 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 class PackedData(NamedTuple):
     """What a dynamics run reads from a packed file (or computes from a dataset).
 
-    ``train``/``val``: arrays with ``actions`` float32 ``(N, 7)``, ``lengths`` and
+    ``train``/``val``: arrays with ``actions`` float32 ``(N, 7)``, ``states`` float32 ``(N, S)``
+    (None when the dataset records none), ``lengths`` and
     ``episode_ids`` ``(E,)``, ``starts`` ``(E,)``; ``val`` is None without held-out episodes.
     ``train_latents``/``val_latents``: float32 ``(N, L, D)`` raw (un-normalised) latents.
     """
@@ -116,7 +117,7 @@ def encoded_dataset(
             lambda frames: encode_frames(encoder, adapter, frames, progress=progress),
         )
 
-    keep = ("actions", "lengths", "episode_ids", "starts")
+    keep = ("actions", "states", "lengths", "episode_ids", "starts")
     return PackedData(
         {k: train[k] for k in keep},
         None if val is None else {k: val[k] for k in keep},
@@ -143,6 +144,8 @@ def pack_latents(config: PackConfig, progress: bool = True) -> Path:
             continue
         tensors[f"{split}/latents"] = latents.to(dtype).contiguous()
         tensors[f"{split}/actions"] = torch.from_numpy(np.ascontiguousarray(arrays["actions"]))
+        if arrays.get("states") is not None:
+            tensors[f"{split}/states"] = torch.from_numpy(np.ascontiguousarray(arrays["states"]))
         tensors[f"{split}/lengths"] = torch.from_numpy(arrays["lengths"].astype(np.int64))
         tensors[f"{split}/episode_ids"] = torch.from_numpy(arrays["episode_ids"].astype(np.int64))
     metadata = {
@@ -191,10 +194,18 @@ def read_packed(path: Path, space: str) -> PackedData:
                 "actions": tensors[f"{split}/actions"].numpy(),
                 "lengths": tensors[f"{split}/lengths"].numpy(),
                 "episode_ids": tensors[f"{split}/episode_ids"].numpy(),
+                "states": tensors[f"{split}/states"].numpy()
+                if f"{split}/states" in tensors
+                else None,
             }
         )
         latents = tensors[f"{split}/latents"].float()
-        if len(latents) != int(arrays["lengths"].sum()) or len(arrays["actions"]) != len(latents):
+        states = arrays["states"]
+        if (
+            len(latents) != int(arrays["lengths"].sum())
+            or len(arrays["actions"]) != len(latents)
+            or (states is not None and len(states) != len(latents))
+        ):
             raise CorruptFileError(path, f"{split}: latents, actions and lengths disagree")
         splits[split] = (arrays, latents)
     return PackedData(

@@ -89,6 +89,13 @@ class DynamicsStageConfig:
             ``mean_head_unroll`` on a trained model). Its DiT settings and latent space must
             match this run's; its latent statistics are kept (the weights were trained with
             them). The optimiser and learning-rate schedule start afresh.
+        state: condition every frame on the robot's proprioceptive state (the dataset's
+            ``observation.state``) and predict the next state with a small head
+            (``train/state_head.py``): the arm is drawn where the state says. Rollouts then need
+            the start state (``WorldModel.reset(frames, states=...)``).
+        state_noise: standard deviation of Gaussian noise (normalised state units) added in
+            training to the states the frame model reads, as the predicted states it reads in
+            rollouts are slightly off.
         packed: train from a packed-latents file (``wmgym train pack``) instead of encoding
             ``data``: no dataset, encoder, pandas or diffusers needed (a lent GPU machine).
         run_dir: checkpoints, latent cache, loss log (default ``runs/<bundle name>/dynamics``).
@@ -128,6 +135,8 @@ class DynamicsStageConfig:
         )
     )
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    state: bool = False
+    state_noise: float = 0.05
     init_from: Path | None = None
     packed: Path | None = None
     run_dir: Path | None = None
@@ -156,6 +165,8 @@ class DynamicsStageConfig:
             raise ValueError(
                 f"mean_head_context_noise must be >= 0; got {self.mean_head_context_noise}"
             )
+        if self.state_noise < 0:
+            raise ValueError(f"state_noise must be >= 0; got {self.state_noise}")
         if self.keep_best and not self.val_every:
             raise ValueError("keep_best picks weights by the held-out loss: set val_every > 0")
 
@@ -245,6 +256,7 @@ def unrolled_mean_loss(
     frame_skip: int,
     delta_scale: torch.Tensor | None,
     noisy: Callable[[torch.Tensor], torch.Tensor] = lambda context: context,
+    states: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Summed MSE of the mean head over ``steps`` more frames of its own rollout.
 
@@ -259,6 +271,7 @@ def unrolled_mean_loss(
             None for the ``frame`` target.
         noisy: context augmentation applied to what the head reads (not to what the next
             frame is built on).
+        states: normalised states ``(N, S)`` appended to each frame's condition (state models).
     """
     context = latents[context_rows]  # (B, l, L, D) true frames
     prediction, total = first, first.new_zeros(())
@@ -271,6 +284,8 @@ def unrolled_mean_loss(
         true_row = context_rows[:, -1] + (k + 1) * frame_skip  # (B,)
         action_rows = (true_row - frame_skip)[:, None, None] + skip  # (B, 1, skip)
         condition = normalize_actions(actions[action_rows], action_stats, frame_skip)[:, 0]
+        if states is not None:
+            condition = torch.cat([condition, states[true_row]], dim=1)  # (B, A + S)
         prediction = mean_head(noisy(context), condition)
         target = latents[true_row]
         if delta_scale is not None:
@@ -328,15 +343,57 @@ def _starting_point(config: DynamicsStageConfig, weights: list[str]) -> Starting
 
 
 def _load_starting_weights(model, dit_config, bundle: Path, source: dict) -> None:
-    """Load ``bundle``'s dynamics weights into ``model`` (same architecture, or a clear error)."""
+    """Load ``bundle``'s dynamics weights into ``model`` (same architecture, or a clear error).
+
+    A model without states may start one with states (``--state``): the state parts are new and
+    start at zero, so the grown model computes what its start computed until training moves them.
+    """
     stored = {k: v for k, v in source["dynamics"]["dit"].items() if k != "action_dropout"}
+    grows = stored.get("state_dim", 0) == 0 and dit_config.state_dim > 0
+    if grows:  # the state settings are new
+        stored = {k: v for k, v in stored.items() if k not in ("state_dim", "state_map_channels")}
     ours = {k: v for k, v in json_ready(dataclasses.asdict(dit_config)).items() if k in stored}
     different = {k: (stored[k], ours[k]) for k in stored if ours.get(k) != stored[k]}
     if different:
         raise ValueError(
             f"--init-from {bundle} has another DiT (setting: (stored, this run)): {different}"
         )
-    model.load_state_dict(load_weights(bundle, source, "dynamics"))
+    weights = load_weights(bundle, source, "dynamics")
+    if not grows:
+        model.load_state_dict(weights)
+        return
+    model.load_state_dict(grown_state_dict(model, weights, dit_config))
+
+
+def grown_state_dict(model, weights: dict[str, torch.Tensor], dit_config) -> dict:
+    """``model``'s state dict with a state-less model's ``weights`` in every place they fit.
+
+    Tensors the state-less model lacks keep ``model``'s initialisation (the state parts, whose
+    outputs start at zero). The mean head's first convolution gains input channels: the
+    condition's state channels start at zero; the state map's channels keep their random
+    initialisation (the map itself starts at zero, so they change nothing yet, and zero on both
+    sides would never learn).
+    """
+    ours = model.state_dict()
+    out = {}
+    for name, tensor in ours.items():
+        old = weights.get(name)
+        if old is None:
+            out[name] = tensor
+        elif old.shape == tensor.shape:
+            out[name] = old
+        elif name == "mean_head.inp.weight" and old.shape[1] < tensor.shape[1]:
+            grown = tensor.clone()
+            grown[:, : old.shape[1]] = old
+            state_end = old.shape[1] + dit_config.state_dim
+            grown[:, old.shape[1] : state_end] = 0.0
+            out[name] = grown
+        else:
+            raise ValueError(f"cannot grow {name} from {tuple(old.shape)} to {tuple(tensor.shape)}")
+    unused = sorted(set(weights) - set(ours))
+    if unused:
+        raise ValueError(f"the starting weights hold tensors this model lacks: {unused[:5]}")
+    return out
 
 
 def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Path:
@@ -344,6 +401,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     from train.dit import DiT, DiTConfig
     from train.flow import make_scheduler, shift_for_latents, training_loss
     from train.packed import encoded_dataset, latent_space_key, read_packed
+    from train.state_head import STATE_KEYS, StateNormalizer, state_statistics
 
     device = torch.device(config.runtime.device)
     bundle_config = read_config(config.bundle)
@@ -384,6 +442,20 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     normalized = ((latents - mean) / std).to(device)  # (N, L, D)
     actions = torch.from_numpy(train["actions"]).to(device)  # (N, 7)
     action_stats = dict(data.action_stats)
+    states = state_norm = None  # normalised (N, S) robot states of state models
+    if config.state:
+        if train.get("states") is None:
+            raise ValueError(
+                "--state needs the robot's states (observation.state) in the training data; "
+                f"{config.packed or config.data.dataset} has none"
+            )
+        if source and all(k in source.config["dynamics"] for k in STATE_KEYS):
+            state_stats = {k: source.config["dynamics"][k] for k in STATE_KEYS}
+        else:
+            state_stats = state_statistics(train["states"], train["starts"], train["lengths"])
+        stats = {**stats, **state_stats}
+        state_norm = StateNormalizer(state_stats, device)
+        states = state_norm.normalize(torch.from_numpy(train["states"]).to(device))
 
     shift = config.shift or shift_for_latents(tokens, config.patch_size, channels)
     scheduler_section = (
@@ -411,6 +483,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         mean_head_width=config.mean_head_width,
         mean_head_depth=config.mean_head_depth,
         mean_head_history=config.history,
+        state_dim=state_norm.dim if state_norm else 0,
     )
     model = DiT(dit_config)
     if source:
@@ -421,7 +494,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
     def loss_fn(dit, step: int):
         rng = batch_rng(config.runtime, step)
         clip_ids = rng.integers(0, len(clips), batch)
-        loss, terms = batch_loss(dit, normalized, actions, clips.starts[clip_ids], step)
+        loss, terms = batch_loss(dit, normalized, actions, states, clips.starts[clip_ids], step)
         if validation is not None and step % config.val_every == 0:
             shipped = trainer.ema if trainer.ema is not None else dit  # the weights written out
             was_training = shipped.training
@@ -430,14 +503,16 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
                 val_loss, val_terms = batch_loss(shipped, *validation, seed_step=VAL_SEED_STEP)
             shipped.train(was_training)
             terms["val_loss"] = val_loss.item()
-            if "mean_loss" in val_terms:
-                terms["val_mean_loss"] = val_terms["mean_loss"]
+            for name in ("mean_loss", "state_loss"):
+                if name in val_terms:
+                    terms[f"val_{name}"] = val_terms[name]
             if config.keep_best:
                 keep_if_best(trainer, shipped, step, terms["val_loss"])
         return loss, terms
 
-    def batch_loss(dit, normalized, actions, clip_starts, seed_step: int):
-        """Loss of the clips starting at rows ``clip_starts`` of ``normalized`` (one split)."""
+    def batch_loss(dit, normalized, actions, states, clip_starts, seed_step: int):
+        """Loss of the clips starting at rows ``clip_starts`` of ``normalized`` (one split;
+        ``states``: its normalised robot states, or None)."""
         starts = torch.as_tensor(clip_starts, device=device)  # (B,)
         rows = (
             starts[:, None] + torch.arange(frames_per_clip, device=device) * config.frame_skip
@@ -460,9 +535,21 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         generator = torch.Generator(device=device).manual_seed(
             config.runtime.seed * 1_000_003 + seed_step
         )
-        mean_head = getattr(dit, "module", dit).mean_head  # dit may be DDP-wrapped
+        core = getattr(dit, "module", dit)  # dit may be DDP-wrapped
+        terms = {}
+        state_loss = x0.new_zeros(())
+        if states is not None:  # (B, T, S) states of the clip's frames, as the model reads them
+            clip_states = states[rows]
+            state_loss = _state_loss(core.state_head, clip_states, cond[:, -1])
+            terms["state_loss"] = state_loss.item()
+            if core.training and config.state_noise:
+                noise = torch.randn(clip_states.shape, generator=generator, device=device)
+                clip_states = clip_states + config.state_noise * noise
+            cond = torch.cat([cond, clip_states], dim=2)  # (B, T, A + S)
+        mean_head = core.mean_head
         if mean_head is None:
-            return training_loss(dit, scheduler, x0, config.history, cond, generator=generator), {}
+            flow = training_loss(dit, scheduler, x0, config.history, cond, generator=generator)
+            return flow + state_loss, terms
         # regression of the mean + flow on the residual (train/mean_head.py)
         sigma = config.mean_head_context_noise if mean_head.training else 0.0
 
@@ -477,12 +564,18 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         if unroll:
             mean_loss = mean_loss + unrolled_mean_loss(
                 mean_head, mean, rows[:, : config.history], normalized, actions, action_stats,
-                unroll, config.frame_skip, delta_scale, noisy,
+                unroll, config.frame_skip, delta_scale, noisy, states,
             )  # fmt: skip
             mean_loss = mean_loss / (1 + unroll)
         x0 = torch.cat([x0[:, :-1], (x0[:, -1] - mean.detach())[:, None]], dim=1)
         flow_loss = training_loss(dit, scheduler, x0, config.history, cond, generator=generator)
-        return flow_loss + mean_loss, {"mean_loss": mean_loss.item()}
+        return flow_loss + mean_loss + state_loss, {**terms, "mean_loss": mean_loss.item()}
+
+    def _state_loss(state_head, clip_states: torch.Tensor, target_cond: torch.Tensor):
+        """MSE of the state head's change into the clip's last frame (in delta units)."""
+        change = (clip_states[:, -1] - clip_states[:, -2]) / state_norm.delta_scale()  # (B, S)
+        context = clip_states[:, : config.history]  # (B, l, S)
+        return F.mse_loss(state_head(context, target_cond[:, : dit_config.action_dim]), change)
 
     delta_scale = (delta_std / std).to(device) if config.target == "delta" else None
     validation = None  # (normalised latents, actions, fixed clip starts) of the held-out split
@@ -491,9 +584,13 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         if len(val_clips):
             val_latents = data.val_latents
             pick = np.linspace(0, len(val_clips) - 1, min(VAL_CLIPS, len(val_clips))).astype(int)
+            val_states = None
+            if state_norm is not None:
+                val_states = state_norm.normalize(torch.from_numpy(val["states"]).to(device))
             validation = (
                 ((val_latents - mean) / std).to(device),
                 torch.from_numpy(val["actions"]).to(device),
+                val_states,
                 val_clips.starts[pick],
             )
 

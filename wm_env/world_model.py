@@ -192,6 +192,8 @@ class WorldModelState:
     steps: int
     # (B, H, W, 3) float: start frame minus its decoded latents (residual decoding), or None
     residual: torch.Tensor | None = None
+    # (B, history, S) normalised robot states of the context frames (state models), or None
+    states: torch.Tensor | None = None
 
     def clone(self) -> WorldModelState:
         return WorldModelState(
@@ -200,6 +202,7 @@ class WorldModelState:
             [g.clone() for g in self.generator_states],
             self.steps,
             None if self.residual is None else self.residual.clone(),
+            None if self.states is None else self.states.clone(),
         )
 
     def select(self, indices) -> WorldModelState:
@@ -220,6 +223,7 @@ class WorldModelState:
             [self.generator_states[i].clone() for i in index.tolist()],
             self.steps,
             None if self.residual is None else self.residual.index_select(0, device_index),
+            None if self.states is None else self.states.index_select(0, device_index),
         )
 
 
@@ -281,6 +285,11 @@ class WorldModel:
             dynamics.get("delta_std", dynamics["latent_std"]), device=device
         )
         self.action_stats = config["actions"]["stats"]
+        self.state_norm = None  # state models: raw robot states <-> the units the DiT reads
+        if int(dynamics["dit"].get("state_dim", 0)):
+            from train.state_head import StateNormalizer
+
+            self.state_norm = StateNormalizer(dynamics, device)
         self.latent_shape = (int(dynamics["tokens"]), int(self.latent_mean.shape[0]))  # (L, D)
         self.image_size = tuple(
             config["encoder"].get("frame_size", [config["encoder"]["image_size"]] * 2)
@@ -451,10 +460,49 @@ class WorldModel:
     def batch_size(self) -> int | None:
         return None if self._state is None else self._state.context.shape[0]
 
+    @property
+    def uses_states(self) -> bool:
+        """Whether the model conditions on the robot's state (``reset`` then needs ``states``)."""
+        return self.state_norm is not None
+
     def null_conditions(self, batch: int, frames: int) -> torch.Tensor:
         cond = torch.zeros(batch, frames, condition_dim(self.frame_skip), device=self.device)
         cond[..., -1] = 1.0
         return cond
+
+    def _history_states(self, states, batch: int) -> torch.Tensor | None:
+        """Raw robot states ``(B, S)`` or ``(B, l, S)`` -> normalised ``(B, history, S)``."""
+        if self.state_norm is None:
+            return None
+        if states is None:
+            raise ValueError(
+                f"{self.bundle} conditions on the robot's state: reset(frames, states=...) needs "
+                f"the start state, float ({batch}, {self.state_norm.dim}) (the dataset's "
+                "observation.state, the sim's proprio)"
+            )
+        states = torch.as_tensor(np.asarray(states, dtype=np.float32), device=self.device)
+        if states.ndim == 2:
+            states = states[:, None]
+        if states.ndim != 3 or states.shape[0] != batch or states.shape[2] != self.state_norm.dim:
+            raise ValueError(
+                f"states must be ({batch}, {self.state_norm.dim}) or ({batch}, l, "
+                f"{self.state_norm.dim}); got {tuple(states.shape)}"
+            )
+        if not torch.isfinite(states).all():
+            raise ValueError("states contain NaN or inf")
+        states = states[:, -self.history :]
+        if states.shape[1] < self.history:  # too short a history: repeat the first state
+            pad = states[:, :1].expand(batch, self.history - states.shape[1], -1)
+            states = torch.cat([pad, states], dim=1)
+        return self.state_norm.normalize(states)
+
+    @property
+    def latest_states(self) -> np.ndarray | None:
+        """float32 ``(B, S)`` robot states of the most recent frame (state models), else None."""
+        state = self._require_state()
+        if state.states is None:
+            return None
+        return self.state_norm.unnormalize(state.states[:, -1]).cpu().numpy()
 
     def _history_latents(self, frames) -> torch.Tensor:
         """uint8 ``(B, H, W, 3)`` or ``(B, l, H, W, 3)`` -> normalised ``(B, history, L, D)``."""
@@ -494,6 +542,7 @@ class WorldModel:
         frames,
         instruction: str | list[str] | None = None,
         seed: int | list[int] | None = None,
+        states=None,
     ) -> np.ndarray:
         """Start episodes from frames: ``(B, H, W, 3)`` or ``(B, l, H, W, 3)`` uint8 history.
 
@@ -503,18 +552,23 @@ class WorldModel:
         Returns the last start frame as the episode shows it, uint8 ``(B, H, W, 3)``: the frame
         itself with residual decoding, else its latents decoded. ``instruction`` is accepted
         for API symmetry: the dynamics are action-conditioned, not language-conditioned.
+        ``states``: the robot's start state, float ``(B, S)`` or ``(B, l, S)``; required by
+        models that condition on it (:attr:`uses_states`), ignored by the others.
         """
         latents = self._history_latents(frames)
         batch = latents.shape[0]
         conditions = self.null_conditions(batch, self.history)
+        history_states = self._history_states(states, batch)
         shown, residual = self._start_frames(frames, latents[:, -1])
         self._state = WorldModelState(
-            latents, conditions, self._generator_states(seed, batch), 0, residual
+            latents, conditions, self._generator_states(seed, batch), 0, residual, history_states
         )
         return shown
 
     @torch.no_grad()
-    def reset_subset(self, indices, frames, seed: int | list[int] | None = None) -> np.ndarray:
+    def reset_subset(
+        self, indices, frames, seed: int | list[int] | None = None, states=None
+    ) -> np.ndarray:
         """Restart only episodes ``indices`` (e.g. those a vector env autoresets).
 
         The others keep their state exactly.
@@ -524,6 +578,9 @@ class WorldModel:
         latents = self._history_latents(frames)
         if latents.shape[0] != len(index):
             raise ValueError(f"{len(index)} indices but {latents.shape[0]} start frames")
+        history_states = self._history_states(states, len(index))
+        if history_states is not None:
+            state.states = state.states.index_copy(0, index, history_states)
         conditions = self.null_conditions(len(index), self.history)
         state.context = state.context.index_copy(0, index, latents)
         state.context_actions = state.context_actions.index_copy(0, index, conditions)
@@ -561,6 +618,9 @@ class WorldModel:
             :, None
         ]  # (B, 1, A)
         with self._autocast():
+            next_states = self._next_states(state, condition[:, 0])  # (B, S) or None
+            if next_states is not None:  # the frame is drawn where the state puts the arm
+                condition = torch.cat([condition, next_states[:, None].to(condition.dtype)], 2)
             sample = self._sample(state, condition)
             mean_head = getattr(self.dit, "mean_head", None)
             if mean_head is not None:  # the flow sampled the residual around this mean
@@ -569,11 +629,22 @@ class WorldModel:
         if self.target == "delta":
             new = state.context[:, -1] + new * (self.delta_std / self.latent_std)
         state.context = torch.cat([state.context[:, 1:], new[:, None]], dim=1)
-        state.context_actions = torch.cat([state.context_actions[:, 1:], condition], dim=1)
+        state.context_actions = torch.cat(
+            [state.context_actions[:, 1:], condition[..., : state.context_actions.shape[2]]], dim=1
+        )
+        if next_states is not None:
+            state.states = torch.cat([state.states[:, 1:], next_states[:, None].float()], dim=1)
         state.steps += 1
         frames = self.decode(new, state.residual) if decode else None
         self.last_step_seconds = time.perf_counter() - start
         return frames
+
+    def _next_states(self, state: WorldModelState, action: torch.Tensor) -> torch.Tensor | None:
+        """The state head's next normalised states ``(B, S)`` (None for models without states)."""
+        if state.states is None:
+            return None
+        change = self.dit.state_head(state.states, action).float()  # (B, S) in delta units
+        return state.states[:, -1] + change * self.state_norm.delta_scale()
 
     def _sample(self, state: WorldModelState, condition: torch.Tensor) -> torch.Tensor:
         """One new frame ``(B, 1, L, D)``; episode ``i`` draws its noise from its own generator.
@@ -598,7 +669,10 @@ class WorldModel:
             state.generator_states[i] = generator.get_state()
         noise = torch.cat(noise).to(self.device) * self.temperature  # (B, 1, L, D)
         common = {"num_steps": self.num_steps, "noise": noise}
-        conditions = torch.cat([state.context_actions, condition], dim=1)
+        context_conditions = state.context_actions  # (B, history, A)
+        if state.states is not None:  # each context frame's condition ends with its state
+            context_conditions = torch.cat([context_conditions, state.states], dim=2)
+        conditions = torch.cat([context_conditions, condition], dim=1)
         if self.use_cache:
             common["cache"] = self.dit.new_cache(window=self.history)
             common["update_cache"] = False

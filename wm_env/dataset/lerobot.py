@@ -777,6 +777,7 @@ class LeRobotDataset:
         Returns:
             ``frames`` uint8 (N, H, W, 3), ``actions`` float32 (N, D), ``action_valid`` bool (N,),
             ``episode_index`` int64 (N,), ``frame_index`` int64 (N,), ``task_index`` int64 (N,),
+            ``states`` float32 (N, S) (``observation.state``; None when the dataset has none),
             and per episode (E,): ``episode_ids``, ``starts`` (offset of its first frame in N),
             ``lengths``.
         """
@@ -785,7 +786,8 @@ class LeRobotDataset:
         lengths = np.array([self.length(int(e)) for e in ids], dtype=np.int64)  # (E,)
         starts = np.cumsum(lengths) - lengths  # (E,)
         frames: np.ndarray | None = None
-        actions, valid, tasks = [], [], []
+        actions, valid, tasks, states = [], [], [], []
+        with_states = "observation.state" in self.info.get("features", {})
         for i, ep in enumerate(tqdm(ids.tolist(), desc="loading episodes", disable=not progress)):
             video = self.frames(ep, camera)  # (len, H, W, 3)
             if frames is None:
@@ -794,6 +796,8 @@ class LeRobotDataset:
             actions.append(self.actions(ep))
             valid.append(self.action_valid(ep))
             tasks.append(self.column(ep, "task_index").astype(np.int64))
+            if with_states:
+                states.append(self.states(ep))
         total = int(lengths.sum())
         return {
             "frames": frames if frames is not None else np.empty((0, 0, 0, 3), np.uint8),
@@ -802,6 +806,7 @@ class LeRobotDataset:
             "episode_index": np.repeat(ids, lengths),
             "frame_index": np.arange(total, dtype=np.int64) - np.repeat(starts, lengths),
             "task_index": np.concatenate(tasks) if tasks else np.empty(0, np.int64),
+            "states": np.concatenate(states) if states else None,
             "episode_ids": ids,
             "starts": starts,
             "lengths": lengths,

@@ -1,0 +1,224 @@
+"""World models that condition on the robot's state (train/state_head.py, ``--state``).
+
+Built on the moving-blob dataset of conftest.py, whose 2-D state is the blob's position: it
+moves by ``4 * (dx, dy)`` pixels per step, clipped to [6, 26].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from train.data import DataConfig
+from train.dit import DiT, DiTConfig
+from train.loop import OptimConfig
+from train.stage_dynamics import DynamicsStageConfig, grown_state_dict, run_dynamics_stage
+from train.state_head import (
+    StateHead,
+    StateMap,
+    StateNormalizer,
+    canonical_states,
+    state_statistics,
+)
+from wm_env.bundle import read_config
+from wm_env.world_model import WorldModel
+
+
+def optim(steps: int, lr: float = 3e-3) -> OptimConfig:
+    return OptimConfig(
+        steps=steps, batch_size=16, lr=lr, warmup_steps=1, ema_decay=0.0, log_every=1,
+        checkpoint_every=10**6,
+    )  # fmt: skip
+
+
+def state_dynamics(bundle, blob_dataset, run_dir, steps: int, **overrides) -> DynamicsStageConfig:
+    kwargs = dict(
+        bundle=bundle, data=DataConfig(dataset=blob_dataset), preset=None, hidden=64, depth=1,
+        heads=4, patch_size=1, num_steps=2, action_dropout=0.0, mean_head_width=16,
+        mean_head_depth=1, state=True, optim=optim(steps), run_dir=run_dir, val_every=0,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return DynamicsStageConfig(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def state_bundle(tiny_bundle, blob_dataset, tmp_path_factory):
+    """The tiny bundle's encoder with a state-conditioned DiT (300 steps, about 10 s)."""
+    base = tmp_path_factory.mktemp("state_bundle")
+    bundle = shutil.copytree(tiny_bundle, base / "bundle")
+    torch.manual_seed(0)
+    run_dynamics_stage(state_dynamics(bundle, blob_dataset, base / "run", 300), progress=False)
+    return bundle
+
+
+def test_canonical_states_fix_the_quaternion_sign():
+    state = np.array([[0.1, 0.2, 0.3, 0.5, -0.5, 0.5, -0.5, 0.04]], np.float32)
+    out = canonical_states(state)
+    np.testing.assert_allclose(out[0, 3:7], [-0.5, 0.5, -0.5, 0.5])  # w >= 0, same rotation
+    np.testing.assert_allclose(out[0, [0, 1, 2, 7]], state[0, [0, 1, 2, 7]])
+    assert torch.equal(canonical_states(torch.from_numpy(state)), torch.from_numpy(out))
+    other = np.ones((3, 2), np.float32)  # not the sim's layout: unchanged
+    assert canonical_states(other) is other
+
+
+def test_state_statistics_skip_the_jump_between_episodes():
+    states = np.array([[0.0], [1.0], [2.0], [100.0], [101.0]])  # two episodes: 3 + 2 frames
+    stats = state_statistics(states, np.array([0, 3]), np.array([3, 2]))
+    assert stats["state_delta_std"] == pytest.approx([1e-5])  # every change within is 1
+    assert stats["state_mean"] == pytest.approx([40.8])
+
+
+def test_state_head_and_map_shapes_and_zero_start():
+    head = StateHead(state_dim=3, history=2, action_dim=5)
+    states, action = torch.randn(4, 1, 3), torch.randn(4, 5)
+    assert torch.equal(head(states, action), torch.zeros(4, 3))  # one state given: repeated
+    with pytest.raises(ValueError, match="states must be"):
+        head(torch.randn(4, 2, 2), action)
+    with pytest.raises(ValueError, match="action must be"):
+        head(states, torch.randn(4, 4))
+    grid = StateMap(3, (4, 2), channels=5)(torch.randn(6, 3))
+    assert grid.shape == (6, 5, 4, 2) and not grid.any()
+    norm = StateNormalizer({"state_mean": [1.0], "state_std": [2.0], "state_delta_std": [0.5]})
+    assert norm.normalize(torch.tensor([[5.0]])).item() == 2.0
+    assert norm.unnormalize(torch.tensor([[2.0]])).item() == 5.0
+    with pytest.raises(ValueError, match="lack"):
+        StateNormalizer({"state_mean": [1.0]})
+
+
+def test_dit_condition_width_includes_the_state():
+    config = DiTConfig(in_channels=4, grid=(4, 4), patch_size=2, preset=None, hidden=32,
+                       depth=1, heads=4, action_dim=8, state_dim=3, mean_head_width=8)  # fmt: skip
+    dit = DiT(config).eval()
+    assert config.condition_width == 11 and dit.state_head is not None
+    x = torch.randn(2, 3, 16, 4)
+    out = dit(x, torch.zeros(2, 3), torch.randn(2, 3, 11))
+    assert out.shape == x.shape
+    with pytest.raises(ValueError, match="condition width"):
+        dit(x, torch.zeros(2, 3), torch.randn(2, 3, 8))
+    with pytest.raises(ValueError, match="state_dim"):
+        DiTConfig(in_channels=4, grid=(4, 4), state_dim=-1)
+
+
+def test_a_grown_model_computes_what_its_start_computed():
+    """The state parts start at zero: before training, the states change nothing."""
+    common = dict(in_channels=4, grid=(4, 4), patch_size=2, preset=None, hidden=32, depth=1,
+                  heads=4, action_dim=8, mean_head_width=8, mean_head_depth=1)  # fmt: skip
+    torch.manual_seed(0)
+    old = DiT(DiTConfig(**common)).eval()
+    for p in old.parameters():  # trained-looking weights: no zeros that would hide a mistake
+        p.data.add_(torch.randn_like(p) * 0.05)
+    grown_config = DiTConfig(**common, state_dim=3)
+    grown = DiT(grown_config).eval()
+    grown.load_state_dict(grown_state_dict(grown, old.state_dict(), grown_config))
+    x, t, a = torch.randn(2, 3, 16, 4), torch.rand(2, 3), torch.randn(2, 3, 8)
+    s = torch.randn(2, 3, 3)
+    torch.testing.assert_close(grown(x, t, torch.cat([a, s], 2)), old(x, t, a))
+    context, cond = torch.randn(2, 2, 16, 4), torch.randn(2, 8)
+    torch.testing.assert_close(
+        grown.mean_head(context, torch.cat([cond, s[:, 0]], 1)), old.mean_head(context, cond)
+    )
+    # the state map's input channels are not zero (zero on both sides would never learn)
+    map_columns = grown.mean_head.inp.weight[:, -grown_config.state_map_channels :]
+    assert map_columns.abs().sum() > 0
+    with pytest.raises(ValueError, match="cannot grow"):
+        wrong = {**old.state_dict(), "final_layer.linear.weight": torch.zeros(3, 3)}
+        grown_state_dict(grown, wrong, grown_config)
+
+
+def test_state_stage_writes_state_statistics_and_learns_the_state(state_bundle, blob_dataset):
+    dynamics = read_config(state_bundle)["dynamics"]
+    assert dynamics["dit"]["state_dim"] == 2
+    assert len(dynamics["state_mean"]) == 2 and len(dynamics["state_delta_std"]) == 2
+    model = WorldModel.from_pretrained(state_bundle)
+    assert model.uses_states
+    frames = np.zeros((3, 32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match="conditions on the robot's state"):
+        model.reset(frames, seed=0)
+    with pytest.raises(ValueError, match="states must be"):
+        model.reset(frames, seed=0, states=np.zeros((3, 5), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        model.reset(frames, seed=0, states=np.full((3, 2), np.nan, np.float32))
+    start = np.array([[16.0, 16.0], [10.0, 20.0], [20.0, 12.0]], np.float32)
+    model.reset(frames, seed=0, states=start)
+    np.testing.assert_allclose(model.latest_states, start, atol=1e-4)
+    actions = np.zeros((3, 7), np.float32)
+    actions[:, :2] = [[1.0, 0.0], [0.0, -1.0], [-0.5, 0.5]]
+    model.step(actions)
+    moved = model.latest_states - start  # the blob moves 4 px per unit of action
+    np.testing.assert_allclose(moved, 4 * actions[:, :2], atol=1.0)
+    # an untrained state head would leave the state where it was: this fit could fail
+    assert np.abs(moved).max() > 1.5
+
+
+def test_state_rollouts_branch_and_restart_with_their_states(state_bundle):
+    model = WorldModel.from_pretrained(state_bundle)
+    frames = np.zeros((2, 32, 32, 3), np.uint8)
+    start = np.array([[16.0, 16.0], [10.0, 20.0]], np.float32)
+    model.reset(frames, seed=0, states=start)
+    actions = np.zeros((2, 7), np.float32)
+    actions[:, 0] = 1.0
+    snapshot = model.snapshot()
+    first = model.step(actions)
+    after = model.latest_states.copy()
+    model.restore(snapshot)
+    np.testing.assert_array_equal(model.step(actions), first)
+    np.testing.assert_array_equal(model.latest_states, after)
+    model.restore(snapshot.select([1, 1]))
+    np.testing.assert_allclose(model.latest_states, start[[1, 1]], atol=1e-4)
+    model.reset(frames, seed=0, states=start)
+    model.step(actions)
+    model.reset_subset([0], frames[:1], seed=5, states=start[1:])
+    np.testing.assert_allclose(model.latest_states[0], start[1], atol=1e-4)
+    assert not np.allclose(model.latest_states[1], start[1])
+
+
+def test_state_stage_grows_from_a_model_without_states(
+    state_bundle, tiny_bundle, blob_dataset, tmp_path
+):
+    grown = shutil.copytree(tiny_bundle, tmp_path / "grown")
+    frozen = dataclasses.replace(optim(1), lr=1e-12)
+    run_dynamics_stage(
+        state_dynamics(grown, blob_dataset, tmp_path / "run", 1, init_from=tiny_bundle,
+                       optim=frozen, num_steps=4),
+        progress=False,
+    )  # fmt: skip
+    dynamics = read_config(grown)["dynamics"]
+    assert dynamics["dit"]["state_dim"] == 2 and dynamics["init_from"]["steps"] == 800
+    frames = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    actions = np.zeros((2, 7), np.float32)
+    actions[:, 1] = 0.5
+    source, model = WorldModel.from_pretrained(tiny_bundle), WorldModel.from_pretrained(grown)
+    source.reset(frames, seed=3)
+    model.reset(frames, seed=3, states=np.full((2, 2), 16.0, np.float32))
+    np.testing.assert_allclose(
+        model.step(actions).astype(int), source.step(actions).astype(int), atol=1
+    )
+    # a state model cannot start a model without states
+    target = shutil.copytree(tiny_bundle, tmp_path / "target")
+    with pytest.raises(ValueError, match="another DiT.*state_dim"):
+        run_dynamics_stage(
+            state_dynamics(target, blob_dataset, tmp_path / "r2", 1, init_from=state_bundle,
+                           state=False, hidden=64),
+            progress=False,
+        )  # fmt: skip
+
+
+def test_state_stage_refuses_data_without_states(tiny_bundle, blob_dataset, tmp_path, monkeypatch):
+    from train import packed
+
+    original = packed.encoded_dataset
+
+    def stateless(*args, **kwargs):
+        data = original(*args, **kwargs)
+        return data._replace(train={**data.train, "states": None})
+
+    monkeypatch.setattr(packed, "encoded_dataset", stateless)
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    with pytest.raises(ValueError, match="observation.state"):
+        run_dynamics_stage(
+            state_dynamics(bundle, blob_dataset, tmp_path / "run", 1), progress=False
+        )
