@@ -303,6 +303,50 @@ def test_eval_fidelity_end_to_end(dataset, sim_bundle, readout_dir, tmp_path):
     assert gif.shape[0] == max(lengths.values()) and gif.shape[2] > 2 * 256  # two 4x columns
 
 
+def test_carried_state_errors_measure_the_models_own_state(states):
+    from train.fidelity import carried_state_errors
+
+    s = states[1]
+    proprio = np.zeros((len(s.eef) - 1, 8))
+    proprio[:, :3], proprio[:, 7] = s.eef[1:], s.gripper[1:]
+    perfect = carried_state_errors(proprio, s)
+    assert np.allclose(perfect["eef_cm"], 0) and np.allclose(perfect["gripper_cm"], 0)
+    proprio[:, 2] += 0.02  # 2 cm too high
+    proprio[:, 7] -= 0.01  # 1 cm less open
+    off = carried_state_errors(proprio[:5], s)
+    assert np.allclose(off["eef_cm"], 2.0) and np.allclose(off["gripper_cm"], 1.0)
+    assert len(off["eef_cm"]) == 5
+
+
+def test_eval_fidelity_reports_the_state_a_state_model_carries(
+    dataset, sim_bundle, readout_dir, tmp_path
+):
+    from train.data import DataConfig
+    from train.fidelity import FidelityConfig, evaluate_fidelity
+    from train.loop import OptimConfig
+    from train.stage_dynamics import DynamicsStageConfig, run_dynamics_stage
+
+    bundle = shutil.copytree(sim_bundle, tmp_path / "state_bundle")
+    run_dynamics_stage(
+        DynamicsStageConfig(
+            bundle=bundle, data=DataConfig(dataset=dataset.root, val_fraction=0.0), preset=None,
+            hidden=32, depth=1, heads=2, patch_size=2, num_steps=1, mean_head_width=8,
+            mean_head_depth=1, state=True, run_dir=tmp_path / "run", val_every=0,
+            optim=OptimConfig(steps=2, batch_size=2, warmup_steps=1, ema_decay=0.0, log_every=1),
+        ),
+        progress=False,
+    )  # fmt: skip
+    out = tmp_path / "fidelity"
+    config = FidelityConfig(
+        bundle=bundle, readout=readout_dir, data=DataConfig(dataset=dataset.root), out=out,
+        horizon=6, lpips=False, replay_workers=1, gif_episodes=0,
+    )  # fmt: skip
+    f = evaluate_fidelity(config, progress=False)
+    carried = f["carried_state"]
+    assert len(carried["eef_cm"]) == 6 and all(0 <= v < 100 for v in carried["eef_cm"])
+    assert "the model's own state" in (out / "fidelity.md").read_text()
+
+
 def test_eval_fidelity_refuses_episodes_without_start_states(dataset, tmp_path):
     from train.data import DataConfig
     from train.fidelity import FidelityConfig, select_episodes

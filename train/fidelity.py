@@ -218,10 +218,27 @@ def state_errors(
 # ---------------------------------------------------------------------- the run
 
 
-def _rollouts(model, firsts: np.ndarray, actions: np.ndarray, seeds: list[int]) -> np.ndarray:
-    """uint8 ``(B, T, H, W, 3)`` rollouts from first frames ``(B, H, W, 3)``."""
-    model.reset(firsts, seed=seeds)
-    return np.stack([model.step(actions[:, t]) for t in range(actions.shape[1])], axis=1)
+def _rollouts(
+    model, firsts: np.ndarray, actions: np.ndarray, seeds: list[int], states: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8 ``(B, T, H, W, 3)`` rollouts from first frames ``(B, H, W, 3)`` and start states
+    ``(B, S)``, and for models that carry the robot's state, that state ``(B, T, S)``."""
+    model.reset(firsts, seed=seeds, states=states)
+    frames, carried = [], []
+    for t in range(actions.shape[1]):
+        frames.append(model.step(actions[:, t]))
+        carried.append(model.latest_states)
+    return np.stack(frames, axis=1), None if carried[0] is None else np.stack(carried, axis=1)
+
+
+def carried_state_errors(carried: np.ndarray, true: EpisodeStates) -> dict[str, np.ndarray]:
+    """Per-step errors (cm) of the state a model carries ``(T, 8)`` (the sim's proprio layout:
+    eef xyz, quaternion, gripper opening) against the true states (frames 0..T)."""
+    steps = len(carried)
+    return {
+        "eef_cm": np.linalg.norm(carried[:, :3] - true.eef[1 : steps + 1], axis=-1) * 100,
+        "gripper_cm": np.abs(carried[:, 7] - true.gripper[1 : steps + 1]) * 100,
+    }
 
 
 def _pixel_metrics(pred: np.ndarray, true: np.ndarray, lpips) -> dict[str, np.ndarray]:
@@ -266,6 +283,7 @@ def evaluate_fidelity(config: FidelityConfig, progress: bool = True) -> dict:
             group[i : i + config.batch_size] for i in range(0, len(group), config.batch_size)
         ]
     worlds = {"model": {}, "copy": {}, "truth": {}}
+    carried_states = {}  # episode -> (T, S): the robot state a state model carries
     pix = {name: {} for name in ("model", "copy", "ceiling")}
     gif = {}
     generation = [0.0, 0]  # seconds and frames of world-model rollouts (decoding included)
@@ -275,8 +293,11 @@ def evaluate_fidelity(config: FidelityConfig, progress: bool = True) -> dict:
         frames = {e: dataset.frames(e, config.data.camera, count=steps + 1) for e in batch}
         acts = np.stack([dataset.actions(e)[:steps] for e in batch])
         firsts = np.stack([frames[e][0] for e in batch])
+        starts = np.stack([dataset.states(e)[0] for e in batch])  # (B, S) the robot's state
         started = time.perf_counter()
-        predicted = _rollouts(model, firsts, acts, [config.seed + e for e in batch])
+        predicted, carried = _rollouts(
+            model, firsts, acts, [config.seed + e for e in batch], starts
+        )
         generation[0] += time.perf_counter() - started
         generation[1] += predicted.shape[0] * predicted.shape[1]
         for b, e in enumerate(batch):
@@ -286,6 +307,8 @@ def evaluate_fidelity(config: FidelityConfig, progress: bool = True) -> dict:
             for name, video in (("model", predicted[b]), ("copy", copy), ("ceiling", ceiling)):
                 pix[name][e] = _pixel_metrics(video, true, lpips)
             worlds["model"][e], worlds["copy"][e], worlds["truth"][e] = predicted[b], copy, true
+            if carried is not None:
+                carried_states[e] = carried[b]
             if len(gif) < config.gif_episodes and e in episodes[: config.gif_episodes]:
                 gif[e] = (true, predicted[b])
         bar.update(len(batch))
@@ -307,6 +330,14 @@ def evaluate_fidelity(config: FidelityConfig, progress: bool = True) -> dict:
         )
 
     figures = _summarise(config, model, episodes, lengths, pix, errors, true_success)
+    if carried_states:
+        per_episode = {
+            e: carried_state_errors(carried_states[e], truth_states[e]) for e in episodes
+        }
+        figures["carried_state"] = {
+            key: _per_step({e: v[key] for e, v in per_episode.items()}, figures["horizon"])
+            for key in ("eef_cm", "gripper_cm")
+        }
     figures["ms_per_frame"] = round(1000 * generation[0] / max(generation[1], 1), 2)
     figures["batch_size"] = config.batch_size
     config.out.mkdir(parents=True, exist_ok=True)
@@ -447,6 +478,9 @@ def _markdown(f: dict) -> str:
             ("truth", "true frames"),
         ):
             lines.append(row(f"{label}, {name}", st[world][key]))
+    for key, label in (("eef_cm", "end-effector"), ("gripper_cm", "gripper")):
+        if "carried_state" in f:  # the state itself, not read out of frames
+            lines.append(row(f"{label} error (cm), the model's own state", f["carried_state"][key]))
     lines += [
         "",
         "| success read-out at the last step | world model | copy first | true frames |",
