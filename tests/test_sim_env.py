@@ -52,7 +52,8 @@ def test_gymnasium_env_checker_passes(family_env):
 
 
 def test_spaces_are_exactly_the_shared_ones(family_env):
-    """Observation Dict(image=Box(uint8,(64,64,3)), instruction=Text), action Box(-1,1,(7,),float32);
+    """Observation Dict(image=Box(uint8,(64,64,3)), instruction=Text, state=Box(float32,(8,))),
+    action Box(-1,1,(7,),float32);
     reset returns an observation inside that space."""
     from wm_env.sim.env import TabletopEnv
 
@@ -60,7 +61,8 @@ def test_spaces_are_exactly_the_shared_ones(family_env):
     assert family_env.spec.id == wm_env.sim_env_id(family_env.unwrapped.family.name)
     obs_space, act_space = family_env.observation_space, family_env.action_space
     assert isinstance(obs_space, spaces.Dict)
-    assert set(obs_space.spaces) == {"image", "instruction"}
+    assert set(obs_space.spaces) == {"image", "instruction", "state"}
+    assert (obs_space["state"].dtype, obs_space["state"].shape) == (np.float32, (8,))
     image = obs_space["image"]
     assert isinstance(image, spaces.Box)
     assert (image.dtype, image.shape) == (np.uint8, (64, 64, 3))
@@ -72,6 +74,7 @@ def test_spaces_are_exactly_the_shared_ones(family_env):
 
     obs, info = family_env.reset(seed=0)
     assert obs_space.contains(obs)
+    np.testing.assert_array_equal(obs["state"], info["proprio"])  # the robot's proprioception
     assert set(obs["instruction"]) <= INSTRUCTION_CHARSET
     assert {"success", "action_clipped", "proprio"} <= set(info)
     assert info["proprio"].shape == (8,) and info["proprio"].dtype == np.float32
@@ -80,7 +83,7 @@ def test_spaces_are_exactly_the_shared_ones(family_env):
 def test_resolution_and_extra_camera(sim_env_factory):
     """resolution=128 gives 128x128 images; extra camera "wrist" adds a distinct image_wrist."""
     env = sim_env_factory("lift", resolution=128, extra_cameras=("wrist",))
-    assert set(env.observation_space.spaces) == {"image", "image_wrist", "instruction"}
+    assert set(env.observation_space.spaces) == {"image", "image_wrist", "instruction", "state"}
     obs, _ = env.reset(seed=0)
     assert obs["image"].shape == obs["image_wrist"].shape == (128, 128, 3)
     assert env.observation_space.contains(obs)

@@ -222,3 +222,48 @@ def test_state_stage_refuses_data_without_states(tiny_bundle, blob_dataset, tmp_
         run_dynamics_stage(
             state_dynamics(bundle, blob_dataset, tmp_path / "run", 1), progress=False
         )
+
+
+# ---------------------------------------------------------------------- the envs
+
+
+def test_env_starts_from_the_recorded_state_and_observes_the_carried_one(
+    state_bundle, blob_dataset
+):
+    import gymnasium as gym
+
+    import wm_env
+    from wm_env.dataset.lerobot import LeRobotDataset
+    from wm_env.envs.world_model_env import WorldModelEnv
+
+    dataset = LeRobotDataset(blob_dataset)
+    env = WorldModelEnv(state_bundle, blob_dataset)
+    assert env.observation_space["state"].shape == (2,)
+    obs, _ = env.reset(seed=0, options={"episode": 2})
+    np.testing.assert_allclose(obs["state"], dataset.states(2)[0], atol=1e-4)
+    action = np.zeros(7, np.float32)
+    action[0] = 1.0
+    obs, *_ = env.step(action)
+    assert env.observation_space.contains(obs)
+    assert obs["state"][0] - dataset.states(2)[0][0] > 1.5  # the blob moved right
+    given = {"frames": dataset.frames(0)[0], "instruction": "move", "state": [12.0, 20.0]}
+    obs, _ = env.reset(seed=0, options=given)
+    np.testing.assert_allclose(obs["state"], [12.0, 20.0], atol=1e-4)
+    with pytest.raises(ValueError, match="state must be"):
+        env.reset(options={**given, "state": [[1.0]]})
+    stateless = WorldModelEnv(state_bundle, [dataset.frames(0)[0]])
+    with pytest.raises(ValueError, match="start '0' has none"):
+        stateless.reset(seed=0)
+
+    venv = gym.make_vec(
+        wm_env.WORLD_MODEL_ENV_ID, num_envs=2, vectorization_mode="vector_entry_point",
+        model=state_bundle, starts=blob_dataset, max_episode_steps=1,
+    )  # fmt: skip
+    obs, _ = venv.reset(seed=0, options={"episode": [1, 3]})
+    np.testing.assert_allclose(
+        obs["state"], np.stack([dataset.states(e)[0] for e in (1, 3)]), atol=1e-4
+    )
+    venv.step(np.zeros((2, 7), np.float32))
+    obs, *_ = venv.step(np.zeros((2, 7), np.float32))  # the next-step autoreset draws new starts
+    starts = [dataset.states(int(i.split("/")[-1]))[0] for i in venv.unwrapped._start_ids]
+    np.testing.assert_allclose(obs["state"], np.stack(starts), atol=1e-4)

@@ -28,8 +28,24 @@ def camera_of_key(key: str) -> str:
     return key if key == "image" else key.removeprefix("image_")
 
 
-def observation_space(height: int, width: int, extra_cameras: Sequence[str] = ()) -> spaces.Dict:
-    """``Dict(image=Box(uint8, (H, W, 3)), instruction=Text, [image_<camera>=...])``."""
+STATE_DIM = 8  # the sim's proprio: eef xyz (m), eef quaternion (x, y, z, w), gripper opening (m)
+STATE_BOUND = 10.0  # |state| bound of the observation space: metres and unit quaternions
+STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_qx", "eef_qy", "eef_qz", "eef_qw", "gripper")
+
+
+def state_space(dim: int = STATE_DIM, low=-STATE_BOUND, high=STATE_BOUND) -> spaces.Box:
+    """``Box(low, high, (dim,), float32)``: the robot's proprioceptive state."""
+    low = np.broadcast_to(np.asarray(low, dtype=np.float32), (dim,)).copy()
+    high = np.broadcast_to(np.asarray(high, dtype=np.float32), (dim,)).copy()
+    return spaces.Box(low=low, high=high, shape=(dim,), dtype=np.float32)
+
+
+def observation_space(
+    height: int, width: int, extra_cameras: Sequence[str] = (), state: spaces.Box | None = None
+) -> spaces.Dict:
+    """``Dict(image=Box(uint8, (H, W, 3)), instruction=Text, [image_<camera>=...], [state=...])``:
+    ``state`` (:func:`state_space`) is the robot's proprioceptive state (the sim's layout:
+    :data:`STATE_NAMES`), present when given."""
     image = spaces.Box(low=0, high=255, shape=(height, width, 3), dtype=np.uint8)
     items: dict[str, spaces.Space] = {
         "image": image,
@@ -41,6 +57,8 @@ def observation_space(height: int, width: int, extra_cameras: Sequence[str] = ()
         items[f"image_{camera}"] = spaces.Box(
             low=0, high=255, shape=(height, width, 3), dtype=np.uint8
         )
+    if state is not None:
+        items["state"] = state
     return spaces.Dict(items)
 
 

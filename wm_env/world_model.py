@@ -496,13 +496,28 @@ class WorldModel:
             states = torch.cat([pad, states], dim=1)
         return self.state_norm.normalize(states)
 
+    STATE_SPAN = 10.0  # the state space: the training data's mean +- this many standard deviations
+
+    def state_space(self):
+        """The observation space of the state this model carries (None for models without):
+        the training data's mean +- :attr:`STATE_SPAN` standard deviations, which
+        :attr:`latest_states` are kept inside."""
+        if self.state_norm is None:
+            return None
+        from wm_env.spaces import state_space
+
+        mean, std = self.state_norm.mean.cpu().numpy(), self.state_norm.std.cpu().numpy()
+        span = self.STATE_SPAN * std
+        return state_space(len(mean), mean - span, mean + span)
+
     @property
     def latest_states(self) -> np.ndarray | None:
         """float32 ``(B, S)`` robot states of the most recent frame (state models), else None."""
         state = self._require_state()
         if state.states is None:
             return None
-        return self.state_norm.unnormalize(state.states[:, -1]).cpu().numpy()
+        span = self.STATE_SPAN
+        return self.state_norm.unnormalize(state.states[:, -1].clamp(-span, span)).cpu().numpy()
 
     def _history_latents(self, frames) -> torch.Tensor:
         """uint8 ``(B, H, W, 3)`` or ``(B, l, H, W, 3)`` -> normalised ``(B, history, L, D)``."""
@@ -644,7 +659,8 @@ class WorldModel:
         if state.states is None:
             return None
         change = self.dit.state_head(state.states, action).float()  # (B, S) in delta units
-        return state.states[:, -1] + change * self.state_norm.delta_scale()
+        next_states = state.states[:, -1] + change * self.state_norm.delta_scale()
+        return next_states.clamp(-self.STATE_SPAN, self.STATE_SPAN)  # inside state_space()
 
     def _sample(self, state: WorldModelState, condition: torch.Tensor) -> torch.Tensor:
         """One new frame ``(B, 1, L, D)``; episode ``i`` draws its noise from its own generator.

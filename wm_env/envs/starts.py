@@ -1,12 +1,14 @@
 """Start states for world-model episodes: where an episode begins and what it is asked to do.
 
-A start is history frames plus an instruction. Sources:
+A start is history frames plus an instruction, and the robot's state when known (world models
+that condition on the state need it). Sources:
 
-- a LeRobot v3 dataset directory: each episode's first frame and its instruction;
+- a LeRobot v3 dataset directory: each episode's first frame, its instruction and its first
+  ``observation.state``;
 - a folder of PNG files, each with a JSON file of the same name beside it holding at least
-  ``{"instruction": ...}`` (WorldGym's layout);
+  ``{"instruction": ...}`` (WorldGym's layout) and optionally ``"state": [...]``;
 - Python objects: a list of frames ``(H, W, 3)`` / ``(l, H, W, 3)`` uint8, or of dicts
-  ``{"frames": ..., "instruction": ...}``.
+  ``{"frames": ..., "instruction": ..., "state": ...}``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,22 @@ class Start:
     instruction: str
     start_id: str
     meta: dict[str, Any] = field(default_factory=dict)
+    state: np.ndarray | None = None  # float32 (S,): the robot's state at the last frame
+
+
+def checked_state(state: Any, where: str) -> np.ndarray | None:
+    """A start's robot state as float32 ``(S,)`` (None stays None), or a clear error."""
+    if state is None:
+        return None
+    try:
+        array = np.asarray(state, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: state must be a list of numbers; got {state!r}") from None
+    if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all():
+        raise ValueError(
+            f"{where}: state must be a non-empty 1-D array of finite numbers; got {array!r}"
+        )
+    return array
 
 
 class StartSet:
@@ -106,7 +124,13 @@ class StartSet:
             if not info.get("instruction"):
                 raise CorruptFileError(sidecar, "has no 'instruction'")
             image = np.asarray(iio.imread(png))[..., :3]
-            starts.append(Start(image[None].astype(np.uint8), info["instruction"], png.stem, info))
+            try:
+                state = checked_state(info.get("state"), str(sidecar))
+            except ValueError as error:
+                raise CorruptFileError(sidecar, str(error)) from None
+            starts.append(
+                Start(image[None].astype(np.uint8), info["instruction"], png.stem, info, state)
+            )
         if not starts:
             raise WmGymError(f"{root} holds no *.png start images (and is not a LeRobot dataset)")
         return cls(starts)
@@ -115,20 +139,25 @@ class StartSet:
 def _dataset_start(dataset, ep: int, camera: str) -> Start:
     """Episode ``ep``'s first frame and instruction (a lazy :class:`StartSet` entry)."""
     meta = dataset.episode_meta(ep)
+    state = None
+    if "observation.state" in dataset.info.get("features", {}):
+        state = dataset.states(ep)[0]
     return Start(
         dataset.frames(ep, camera, count=1),
         dataset.instruction(ep),
         f"{dataset.root.name}/{ep}",
         {"episode": ep, "family": meta.get("family")},
+        state,
     )
 
 
 def _start_from_object(item: Any, index: int) -> Start:
     if isinstance(item, Start):
         return item
-    instruction = ""
+    instruction, state = "", None
     if isinstance(item, dict):
         instruction = item.get("instruction", "")
+        state = checked_state(item.get("state"), f"start {index}")
         item = item.get("frames")
     frames = np.asarray(item)
     if frames.ndim == 3:
@@ -137,7 +166,7 @@ def _start_from_object(item: Any, index: int) -> Start:
         raise ValueError(
             f"start {index}: frames must be uint8 (H, W, 3) or (l, H, W, 3); got {frames.dtype} {frames.shape}"
         )
-    return Start(frames, instruction, str(index))
+    return Start(frames, instruction, str(index), state=state)
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:

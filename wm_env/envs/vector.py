@@ -18,7 +18,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from wm_env.envs.starts import StartSet
-from wm_env.envs.world_model_env import load_world_model, pick_start
+from wm_env.envs.world_model_env import load_world_model, pick_start, start_states
 from wm_env.spaces import action_space, observation_space
 
 
@@ -66,7 +66,9 @@ class WorldModelVectorEnv(VectorEnv):
         self.metadata = {**self.metadata, "render_fps": self.model.fps}
         height, width = self.model.image_size
         actions = self.model.config["actions"]
-        self.single_observation_space = observation_space(height, width)
+        self.single_observation_space = observation_space(
+            height, width, state=self.model.state_space()
+        )
         self.single_action_space = action_space(actions["low"], actions["high"])
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -80,9 +82,10 @@ class WorldModelVectorEnv(VectorEnv):
     # ------------------------------------------------------------------ episodes
     def _begin(
         self, indices: list[int], options: dict[str, Any] | None
-    ) -> tuple[np.ndarray, list[int]]:
-        """Pick starts for sub-envs ``indices`` with their own rngs; (frames, model seeds)."""
-        frames, seeds = [], []
+    ) -> tuple[np.ndarray, list[int], np.ndarray | None]:
+        """Pick starts for sub-envs ``indices`` with their own rngs; (frames, model seeds, robot
+        states for a model that conditions on them)."""
+        frames, seeds, starts = [], [], []
         for i in indices:
             sub_options = dict(options or {})
             if isinstance(sub_options.get("episode"), (list, tuple, np.ndarray)):
@@ -94,14 +97,17 @@ class WorldModelVectorEnv(VectorEnv):
                 sub_options["frames"] = np.asarray(sub_options["frames"])[i]
                 if isinstance(sub_options.get("instruction"), (list, tuple)):
                     sub_options["instruction"] = sub_options["instruction"][i]
+                if sub_options.get("state") is not None and np.ndim(sub_options["state"]) == 2:
+                    sub_options["state"] = np.asarray(sub_options["state"])[i]
             start = pick_start(self._rngs[i], self.starts, sub_options, self.model.image_size)
             seeds.append(int(self._rngs[i].integers(2**31 - 1)))
             frames.append(start.frames)
+            starts.append(start)
             self._instructions[i] = start.instruction
             self._start_ids[i] = start.start_id
         history = max(f.shape[0] for f in frames)
         padded = [np.concatenate([np.repeat(f[:1], history - len(f), 0), f]) for f in frames]
-        return np.stack(padded), seeds
+        return np.stack(padded), seeds, start_states(self.model, starts)
 
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
@@ -119,8 +125,8 @@ class WorldModelVectorEnv(VectorEnv):
                 if s is not None:
                     self._rngs[i] = seeding.np_random(s)[0]
         everyone = list(range(self.num_envs))
-        frames, model_seeds = self._begin(everyone, options)
-        self.model.reset(frames, seed=model_seeds)
+        frames, model_seeds, states = self._begin(everyone, options)
+        self.model.reset(frames, seed=model_seeds, states=states)
         self._frames = frames[:, -1].copy()
         self._elapsed[:] = 0
         self._autoreset[:] = False
@@ -150,9 +156,9 @@ class WorldModelVectorEnv(VectorEnv):
         )
         restarted = np.flatnonzero(self._autoreset)
         if restarted.size:  # next-step autoreset: these sub-envs start over, their action ignored
-            start_frames, seeds = self._begin(restarted.tolist(), None)
+            start_frames, seeds, states = self._begin(restarted.tolist(), None)
             frames[restarted] = start_frames[:, -1]
-            self.model.reset_subset(restarted, start_frames, seed=seeds)
+            self.model.reset_subset(restarted, start_frames, seed=seeds, states=states)
             self._elapsed[restarted] = 0
             truncated[restarted] = False
             clipped[restarted] = False
@@ -167,7 +173,10 @@ class WorldModelVectorEnv(VectorEnv):
 
     # ------------------------------------------------------------------ views
     def _observation(self) -> dict[str, Any]:
-        return {"image": self._frames.copy(), "instruction": tuple(self._instructions)}
+        obs = {"image": self._frames.copy(), "instruction": tuple(self._instructions)}
+        if self.model.uses_states:
+            obs["state"] = self.model.latest_states
+        return obs
 
     def _infos(self, clipped: np.ndarray, seconds: float) -> dict[str, Any]:
         every = np.ones(self.num_envs, dtype=bool)

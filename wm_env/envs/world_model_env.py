@@ -10,7 +10,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from wm_env.envs.starts import Start, StartSet, resize_frames
+from wm_env.envs.starts import Start, StartSet, checked_state, resize_frames
 from wm_env.spaces import action_space, observation_space, validate_action
 
 
@@ -86,13 +86,14 @@ def pick_start(
     options: dict[str, Any] | None,
     image_size: tuple[int, int],
 ) -> Start:
-    """The start an episode uses: ``options["frames"]`` (+ ``"instruction"``), ``options["episode"]``,
-    or one drawn from ``rng``. Frames are resized to the model's image size."""
+    """The start an episode uses: ``options["frames"]`` (+ ``"instruction"``, and ``"state"``
+    for models that condition on the robot's state), ``options["episode"]``, or one drawn from
+    ``rng``. Frames are resized to the model's image size."""
     options = dict(options or {})
-    unknown = set(options) - {"frames", "instruction", "episode"}
+    unknown = set(options) - {"frames", "instruction", "episode", "state"}
     if unknown:
         raise ValueError(
-            f"unknown reset options {sorted(unknown)}; valid: episode, frames, instruction"
+            f"unknown reset options {sorted(unknown)}; valid: episode, frames, instruction, state"
         )
     if options.get("frames") is not None:
         frames = np.asarray(options["frames"])
@@ -105,14 +106,36 @@ def pick_start(
             raise ValueError(
                 "reset with options['frames'] also needs a non-empty options['instruction']"
             )
-        start = Start(frames if frames.ndim == 4 else frames[None], instruction, "given")
+        state = checked_state(options.get("state"), "options['state']")
+        start = Start(
+            frames if frames.ndim == 4 else frames[None], instruction, "given", state=state
+        )
     elif options.get("episode") is not None:
         start = starts[int(options["episode"])]
     else:
         start = starts[int(rng.integers(len(starts)))]
     return Start(
-        resize_frames(start.frames, image_size), start.instruction, start.start_id, start.meta
+        resize_frames(start.frames, image_size),
+        start.instruction,
+        start.start_id,
+        start.meta,
+        start.state,
     )
+
+
+def start_states(model, starts: list[Start]) -> np.ndarray | None:
+    """The robot states ``(B, S)`` of ``starts`` for a model that conditions on them (else None),
+    or an error naming the start that has none."""
+    if not model.uses_states:
+        return None
+    missing = [start.start_id for start in starts if start.state is None]
+    if missing:
+        raise ValueError(
+            f"{model.bundle} conditions on the robot's state, and start {missing[0]!r} has none: "
+            "start from a dataset that records observation.state, give 'state' in the start's "
+            "JSON, or reset(options={'frames': ..., 'instruction': ..., 'state': ...})"
+        )
+    return np.stack([start.state for start in starts])
 
 
 class WorldModelEnv(gym.Env):
@@ -131,8 +154,9 @@ class WorldModelEnv(gym.Env):
     ``info["action_clipped"]``; NaN/inf or wrong-shape actions raise ``ValueError``.
 
     ## Observation Space
-    ``Dict(image=Box(uint8, (H, W, 3)), instruction=Text)``, the same as the ground-truth sim
-    envs ``wm_env/Tabletop-*-v0``, so a policy runs unchanged in both.
+    ``Dict(image=Box(uint8, (H, W, 3)), instruction=Text)``, as the ground-truth sim envs
+    ``wm_env/Tabletop-*-v0``, so a policy runs unchanged in both; with a model that carries the
+    robot's state, also ``state=Box(float32, (S,))`` (the sim's proprio layout), as the sim has.
 
     ## Rewards
     0 (a judge wrapper adds success rewards).
@@ -181,7 +205,7 @@ class WorldModelEnv(gym.Env):
         self.starts = StartSet.load(starts)
         self.render_mode = render_mode
         height, width = self.model.image_size
-        self.observation_space = observation_space(height, width)
+        self.observation_space = observation_space(height, width, state=self.model.state_space())
         actions = self.model.config["actions"]
         self.action_space = action_space(actions["low"], actions["high"])
         self.metadata = {**self.metadata, "render_fps": self.model.fps}
@@ -205,10 +229,17 @@ class WorldModelEnv(gym.Env):
         super().reset(seed=seed)
         self._start = pick_start(self.np_random, self.starts, options, self.model.image_size)
         model_seed = int(self.np_random.integers(2**31 - 1))
-        self.model.reset(self._start.frames[None], seed=[model_seed])
+        states = start_states(self.model, [self._start])
+        self.model.reset(self._start.frames[None], seed=[model_seed], states=states)
         self._frame = self._start.frames[-1]
-        obs = {"image": self._frame.copy(), "instruction": self._start.instruction}
+        obs = self._observation(self._frame.copy())
         return obs, {"start_id": self._start.start_id, "model_seed": model_seed}
+
+    def _observation(self, frame: np.ndarray) -> dict[str, Any]:
+        obs = {"image": frame, "instruction": self._start.instruction}
+        if self.model.uses_states:
+            obs["state"] = self.model.latest_states[0]
+        return obs
 
     def step(self, action):
         if self._start is None:
@@ -216,7 +247,7 @@ class WorldModelEnv(gym.Env):
         action, clipped = validate_action(action, self.action_space)
         frame = self.model.step(action[None])[0]
         self._frame = frame
-        obs = {"image": frame, "instruction": self._start.instruction}
+        obs = self._observation(frame)
         info = {
             "latent": self.model.latest_latents[0].cpu().numpy(),
             "generation_seconds": Timing(self.model.last_step_seconds),

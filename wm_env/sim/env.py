@@ -24,6 +24,7 @@ from wm_env.spaces import (
     camera_key,
     check_resolution,
     observation_space,
+    state_space,
     validate_action,
 )
 
@@ -46,8 +47,11 @@ class TabletopEnv(gym.Env):
     flagged in ``info["action_clipped"]``; NaN/inf or wrong-shape actions raise ``ValueError``.
 
     ## Observation Space
-    ``Dict(image=Box(uint8, (H, W, 3)), instruction=Text)``, plus ``image_<camera>`` for each
-    extra camera (``wrist``, ``front``). The main camera frames the workspace so that a cube is
+    ``Dict(image=Box(uint8, (H, W, 3)), instruction=Text, state=Box(float32, (8,)))``, plus
+    ``image_<camera>`` for each extra camera (``wrist``, ``front``). ``state`` is the robot's
+    proprioception, as LeRobot and LIBERO envs give it: end-effector position (m, world frame),
+    its quaternion (x, y, z, w) and the gripper opening (m; about 0.08 open, 0 closed)
+    (:data:`wm_env.spaces.STATE_NAMES`). The main camera frames the workspace so that a cube is
     about 8-10 pixels wide at 64x64.
 
     ## Rewards
@@ -116,7 +120,9 @@ class TabletopEnv(gym.Env):
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": control_freq / control_steps}
 
-        self.observation_space = observation_space(self.height, self.width, self.extra_cameras)
+        self.observation_space = observation_space(
+            self.height, self.width, self.extra_cameras, state=state_space()
+        )
         self.action_space = action_space(-1.0, 1.0)
         pool = ObjectPool(self.family.num_cubes, self.family.num_bins, max_distractors)
         self.scene = TabletopScene(pool, control_freq=control_freq, shadows=shadows)
@@ -200,7 +206,7 @@ class TabletopEnv(gym.Env):
 
     # ------------------------------------------------------------------ views of the state
     def _observation(self) -> dict[str, Any]:
-        obs: dict[str, Any] = {"instruction": self.spec_.instruction}
+        obs: dict[str, Any] = {"instruction": self.spec_.instruction, "state": self.scene.proprio()}
         for camera in (MAIN_CAMERA, *self.extra_cameras):
             obs[camera_key(camera, MAIN_CAMERA)] = self.scene.render_view(
                 camera, self.height, self.width
