@@ -55,7 +55,7 @@ def episode_seed(suite: Suite, key: EpisodeKey, salt: int) -> int:
 def render_starts(
     tasks, seeds, resolution: int, cache_dir: str | Path | None = None
 ) -> dict[tuple[str, int], dict[str, Any]]:
-    """The first frame and instruction of each (task, seed) layout, rendered by the sim.
+    """The first frame, instruction and robot state of each (task, seed) layout, rendered by the sim.
 
     Cached as PNG + JSON (the start-folder layout :class:`wm_env.envs.starts.StartSet` reads) in
     ``cache_dir`` so a world-model run needs no simulator once its starts exist.
@@ -71,22 +71,27 @@ def render_starts(
         for seed in seeds:
             png = cache / f"{task}-{seed}.png" if cache else None
             meta = png.with_suffix(".json") if png else None
-            if png is not None and png.exists() and meta.exists():
+            cached = json.loads(meta.read_text()) if png and png.exists() and meta.exists() else {}
+            if "state" in cached:  # caches written before states were recorded render again
                 starts[(task, seed)] = {
                     "frame": iio.imread(png),
-                    "instruction": json.loads(meta.read_text())["instruction"],
+                    "instruction": cached["instruction"],
+                    "state": np.asarray(cached["state"], dtype=np.float32),
                 }
                 continue
             if env is None:
                 env = TabletopEnv(family=task, resolution=resolution)
             obs, _ = env.reset(seed=seed)
-            starts[(task, seed)] = {"frame": obs["image"], "instruction": obs["instruction"]}
+            starts[(task, seed)] = {
+                "frame": obs["image"],
+                "instruction": obs["instruction"],
+                "state": obs["state"],
+            }
             if png is not None:
                 png.parent.mkdir(parents=True, exist_ok=True)
                 iio.imwrite(png, obs["image"])
-                meta.write_text(
-                    json.dumps({"instruction": obs["instruction"], "task": task, "seed": seed})
-                )
+                record = {"instruction": obs["instruction"], "task": task, "seed": seed}
+                meta.write_text(json.dumps({**record, "state": obs["state"].tolist()}))
         if env is not None:
             env.close()
     return starts
@@ -163,7 +168,13 @@ class WorldModelWorld:
         self.env = WorldModelVectorEnv(
             num_envs=world.num_envs,
             model=self.model,
-            starts=[{"frames": first["frame"], "instruction": first["instruction"]}],
+            starts=[
+                {
+                    "frames": first["frame"],
+                    "instruction": first["instruction"],
+                    "state": first.get("state"),
+                }
+            ],
             max_episode_steps=None,  # the runner stops at the suite's episode length
         )
         self._editors: dict[str, Any] = {}
@@ -185,7 +196,8 @@ class WorldModelWorld:
         return self._editors[condition.name]
 
     def start_frames(self, key: EpisodeKey) -> tuple[np.ndarray, str, dict[str, Any]]:
-        """(frames (1, H, W, 3), instruction, meta) of ``key``'s start under its condition."""
+        """(frames (1, H, W, 3), instruction, meta) of ``key``'s start under its condition (the
+        robot's start state is ``self.starts[(key.task, key.seed)]["state"]``)."""
         start = self.starts[(key.task, key.seed)]
         frames = start["frame"][None]
         meta: dict[str, Any] = {}
@@ -208,8 +220,12 @@ class WorldModelWorld:
         frames = np.stack([s[0] for s in starts] + [starts[0][0]] * pad)  # (N, 1, H, W, 3)
         true_instructions = [s[1] for s in starts] + [starts[0][1]] * pad
         seeds = [episode_seed(self.suite, k, MODEL_SALT) for k in keys] + [0] * pad
+        states = [self.starts[(k.task, k.seed)].get("state") for k in keys]
+        missing = any(state is None for state in states)
+        states = None if missing else np.stack(states + [states[0]] * pad)  # (N, S)
         obs, _ = self.env.reset(
-            seed=seeds, options={"frames": frames, "instruction": true_instructions}
+            seed=seeds,
+            options={"frames": frames, "instruction": true_instructions, "state": states},
         )
         told = [
             perturbed_instruction(self.suite, k, s[1]) for k, s in zip(keys, starts, strict=True)
