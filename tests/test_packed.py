@@ -44,8 +44,9 @@ def bundles(tiny_bundle, tmp_path):
     return [shutil.copytree(tiny_bundle, tmp_path / name) for name in ("a", "b")]
 
 
+@pytest.mark.parametrize("state", [False, True])
 def test_training_from_packed_fp32_latents_equals_training_from_the_dataset(
-    tiny_bundle, bundles, blob_dataset, tmp_path
+    tiny_bundle, bundles, blob_dataset, tmp_path, state
 ):
     packed = pack_latents(
         PackConfig(bundle=bundles[0], data=DataConfig(dataset=blob_dataset), dtype="fp32",
@@ -55,11 +56,12 @@ def test_training_from_packed_fp32_latents_equals_training_from_the_dataset(
     data = read_packed(packed, _space(bundles[0]))
     assert data.val is not None and data.train_latents.dtype == torch.float32
     assert data.train_latents.shape[0] == int(data.train["lengths"].sum())
+    assert data.train["states"].shape == (data.train_latents.shape[0], 2)  # the blob's position
     # both runs start from the same weights (building the encoder draws from torch's global
     # generator, so fresh initial weights would differ) and draw nothing else from it
     same_start = dict(
         init_from=tiny_bundle, hidden=64, heads=4, patch_size=1, mean_head_width=16,
-        action_dropout=0.0,
+        action_dropout=0.0, state=state,
     )  # fmt: skip
     run_dynamics_stage(
         tiny_dynamics(bundles[0], blob_dataset, tmp_path / "r1", **same_start), progress=False
@@ -73,7 +75,8 @@ def test_training_from_packed_fp32_latents_equals_training_from_the_dataset(
     start = load_file(str(tiny_bundle / "dynamics.safetensors"))
     assert not all(torch.equal(a[k], start[k]) for k in a)  # and it did train
     sections = [read_config(bundle)["dynamics"] for bundle in bundles]
-    for key in ("latent_mean", "latent_std", "delta_std", "dataset", "selected"):
+    keys = ("latent_mean", "latent_std", "delta_std", "dataset", "selected")
+    for key in keys + (("state_mean", "state_std", "state_delta_std") if state else ()):
         assert sections[0][key] == sections[1][key], key
     assert read_config(bundles[0])["actions"] == read_config(bundles[1])["actions"]
 

@@ -362,7 +362,12 @@ def _load_starting_weights(model, dit_config, bundle: Path, source: dict) -> Non
     if not grows:
         model.load_state_dict(weights)
         return
-    model.load_state_dict(grown_state_dict(model, weights, dit_config))
+    # the new parts' initial weights come from a fixed seed, not from whatever drew from torch's
+    # global generator before (a run from packed latents builds no encoder, one from a dataset does)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fresh = type(model)(dit_config)
+    model.load_state_dict(grown_state_dict(fresh, weights, dit_config))
 
 
 def grown_state_dict(model, weights: dict[str, torch.Tensor], dit_config) -> dict:
