@@ -59,9 +59,14 @@ def read_config(bundle: str | os.PathLike) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise CorruptFileError(path, f"not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise CorruptFileError(path, f"must hold a JSON object; got a {type(config).__name__}")
     if config.get("format") != FORMAT:
         raise CorruptFileError(path, f"not a {FORMAT} config (format={config.get('format')!r})")
-    if config.get("format_version", 0) > FORMAT_VERSION:
+    version = config.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CorruptFileError(path, f"format_version must be an integer; got {version!r}")
+    if version > FORMAT_VERSION:
         raise CorruptFileError(
             path,
             f"format_version {config['format_version']} is newer than this wm-gym reads ({FORMAT_VERSION})",
@@ -155,9 +160,13 @@ def load_weights(
             f"sha256 {digest[:12]}... does not match config.json's {expected['sha256'][:12]}...",
         )
     try:
-        return load_file(str(path), device=str(device))
+        weights = load_file(str(path), device=str(device))
     except Exception as error:
         raise CorruptFileError(path, f"cannot read safetensors ({error})") from None
+    for name, tensor in weights.items():  # a diverged run's weights would render black frames
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CorruptFileError(path, f"holds NaN or inf weights ({name}): retrain it")
+    return weights
 
 
 def json_ready(value: Any) -> Any:

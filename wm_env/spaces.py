@@ -62,6 +62,23 @@ def observation_space(
     return spaces.Dict(items)
 
 
+def checked_instruction(text, where: str = "instruction") -> str:
+    """``text`` if it is a valid observation instruction (non-blank, at most
+    :data:`MAX_INSTRUCTION_LENGTH` characters of :data:`INSTRUCTION_CHARSET`), else ValueError."""
+    if not isinstance(text, str):
+        raise ValueError(f"{where} must be a string; got {type(text).__name__} {text!r}")
+    if not text.strip():
+        raise ValueError(f"{where} must not be empty or blank; got {text!r}")
+    if len(text) > MAX_INSTRUCTION_LENGTH:
+        raise ValueError(
+            f"{where} has {len(text)} characters; at most {MAX_INSTRUCTION_LENGTH} are allowed"
+        )
+    bad = sorted(set(text) - INSTRUCTION_CHARSET)
+    if bad:
+        raise ValueError(f"{where} holds characters outside the instruction charset: {bad}")
+    return text
+
+
 def action_space(low: float | np.ndarray = -1.0, high: float | np.ndarray = 1.0) -> spaces.Box:
     """``Box(low, high, (7,), float32)``: the 7-DoF end-effector delta action."""
     low = np.broadcast_to(np.asarray(low, dtype=np.float32), (ACTION_DIM,)).copy()

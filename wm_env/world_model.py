@@ -269,14 +269,20 @@ class WorldModel:
         self.history = int(dynamics["history"])
         self.frame_skip = int(dynamics.get("frame_skip", 1))
         self.target = dynamics.get("target", "frame")
+        if num_steps is not None and (
+            isinstance(num_steps, bool)
+            or not isinstance(num_steps, (int, np.integer))
+            or num_steps < 1
+        ):
+            raise ValueError(f"num_steps must be an integer >= 1; got {num_steps!r}")
         self.num_steps = int(num_steps or dynamics.get("num_steps", 10))
         # Scale of the starting noise: 1 samples the learned distribution; 0 follows the flow
         # from its centre (deterministic, lower variance, blurrier).
         self.temperature = float(
             dynamics.get("temperature", 1.0) if temperature is None else temperature
         )
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0; got {self.temperature}")
+        if not np.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0; got {self.temperature}")
         self.use_cache = use_cache
         self.residual_decoding = bool(residual_decoding)
         self.latent_mean = torch.tensor(dynamics["latent_mean"], device=device)  # (D,)
@@ -641,6 +647,12 @@ class WorldModel:
             if mean_head is not None:  # the flow sampled the residual around this mean
                 sample = sample + mean_head(state.context, condition[:, 0])[:, None]
         new = sample[:, 0].float()  # (B, L, D)
+        if not torch.isfinite(new).all():  # never black frames in silence
+            bad = torch.nonzero(~torch.isfinite(new).flatten(1).all(1)).flatten().tolist()
+            raise FloatingPointError(
+                f"the world model produced NaN or inf latents in episodes {bad} of the batch "
+                f"(step {state.steps + 1}); the bundle {self.bundle} or its inputs are broken"
+            )
         if self.target == "delta":
             new = state.context[:, -1] + new * (self.delta_std / self.latent_std)
         state.context = torch.cat([state.context[:, 1:], new[:, None]], dim=1)

@@ -121,9 +121,17 @@ class StartSet:
                 info = json.loads(sidecar.read_text())
             except json.JSONDecodeError as error:
                 raise CorruptFileError(sidecar, f"not valid JSON ({error})") from None
+            if not isinstance(info, dict):
+                raise CorruptFileError(
+                    sidecar,
+                    f"must hold a JSON object with 'instruction'; got a {type(info).__name__}",
+                )
             if not info.get("instruction"):
                 raise CorruptFileError(sidecar, "has no 'instruction'")
-            image = np.asarray(iio.imread(png))[..., :3]
+            try:
+                image = rgb_image(iio.imread(png))
+            except Exception as error:  # a truncated or foreign file
+                raise CorruptFileError(png, f"cannot read the image ({error})") from None
             try:
                 state = checked_state(info.get("state"), str(sidecar))
             except ValueError as error:
@@ -134,6 +142,21 @@ class StartSet:
         if not starts:
             raise WmGymError(f"{root} holds no *.png start images (and is not a LeRobot dataset)")
         return cls(starts)
+
+
+def rgb_image(image: np.ndarray) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` from a read image: grey ``(H, W)`` or ``(H, W, 1)`` repeated, an
+    alpha channel dropped."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected 8-bit pixels; got {image.dtype}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"expected a grey, RGB or RGBA image; got shape {image.shape}")
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
 
 
 def _dataset_start(dataset, ep: int, camera: str) -> Start:

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 
 from wm_env.envs.starts import Start, StartSet, checked_state, resize_frames
-from wm_env.spaces import action_space, observation_space, validate_action
+from wm_env.spaces import action_space, checked_instruction, observation_space, validate_action
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,17 +101,20 @@ def pick_start(
             raise ValueError(
                 f"options['frames'] must be uint8 (H, W, 3) or (l, H, W, 3); got {frames.dtype} {frames.shape}"
             )
-        instruction = options.get("instruction")
-        if not instruction:
+        if options.get("instruction") is None:
             raise ValueError(
                 "reset with options['frames'] also needs a non-empty options['instruction']"
             )
+        instruction = checked_instruction(options["instruction"], "options['instruction']")
         state = checked_state(options.get("state"), "options['state']")
         start = Start(
             frames if frames.ndim == 4 else frames[None], instruction, "given", state=state
         )
     elif options.get("episode") is not None:
-        start = starts[int(options["episode"])]
+        episode = options["episode"]
+        if isinstance(episode, bool) or not isinstance(episode, (int, np.integer)):
+            raise ValueError(f"options['episode'] must be an integer index; got {episode!r}")
+        start = starts[int(episode)]
     else:
         start = starts[int(rng.integers(len(starts)))]
     return Start(

@@ -31,6 +31,16 @@ from wm_env.spaces import (
 MAIN_CAMERA = "workspace"
 
 
+def _spec_from(data: Any, where: str) -> EpisodeSpec:
+    """An :class:`EpisodeSpec` from its dict, or a ValueError that says what is wrong."""
+    try:
+        return EpisodeSpec.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(
+            f"{where} is not an episode spec ({type(error).__name__}: {error})"
+        ) from None
+
+
 class TabletopEnv(gym.Env):
     """Language-conditioned tabletop manipulation with a Panda arm (robosuite, OSC_POSE).
 
@@ -139,18 +149,38 @@ class TabletopEnv(gym.Env):
             raise ValueError(
                 f"unknown reset options {sorted(unknown)}; valid: num_distractors, spec, start"
             )
-        self.scene.reset()
         start = options.get("start")
+        if start is not None and (
+            not isinstance(start, dict) or not {"spec", "physics_state"} <= set(start)
+        ):
+            raise ValueError(
+                "options['start'] must be a start state from env.start_state(): a dict with "
+                f"'spec' and 'physics_state'; got {type(start).__name__} "
+                f"{sorted(start) if isinstance(start, dict) else ''}"
+            )
+        count = options.get("num_distractors", self.num_distractors)
+        slots = self.scene.pool.num_distractor_slots
+        if (
+            isinstance(count, bool)
+            or not isinstance(count, (int, np.integer))
+            or not 0 <= count <= slots
+        ):
+            raise ValueError(
+                f"num_distractors must be an integer in [0, {slots}] (the scene has {slots} distractor "
+                f"slots: max_distractors); got {count!r}"
+            )
         if start is not None:
-            spec = EpisodeSpec.from_dict(start["spec"])
+            spec = _spec_from(start["spec"], "options['start']['spec']")
         elif options.get("spec") is not None:
             spec = (
                 options["spec"]
                 if isinstance(options["spec"], EpisodeSpec)
-                else EpisodeSpec.from_dict(options["spec"])
+                else _spec_from(options["spec"], "options['spec']")
             )
         else:
-            count = options.get("num_distractors", self.num_distractors)
+            spec = None
+        self.scene.reset()
+        if spec is None:
             spec = with_restarts(lambda rng: self._sample_spec(rng, count), self.np_random)
         if spec.family != self.family.name:
             raise ValueError(
