@@ -20,6 +20,7 @@ not an action raises :class:`PolicyServerError` naming the URL: never a made-up 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -52,8 +53,22 @@ def encode_json(payload: Any) -> str:
 
 
 def decode_json(text: str | bytes) -> Any:
-    """Inverse of :func:`encode_json`: json-numpy objects come back as numpy arrays."""
-    return json_numpy.loads(text)
+    """Inverse of :func:`encode_json`: json-numpy objects come back as numpy arrays.
+
+    Arrays of dtypes that are not plain data (object, void, complex, datetimes) are refused
+    before numpy reads their bytes (:func:`wire_dtype`); JSON nested too deeply to parse raises
+    ValueError, not RecursionError.
+    """
+    try:
+        return json.loads(text, object_hook=_safe_numpy_hook)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _safe_numpy_hook(obj: dict) -> Any:
+    if "__numpy__" in obj:
+        wire_dtype(obj.get("dtype"))
+    return json_numpy.object_hook(obj)
 
 
 def _pack_numpy(obj: Any) -> Any:

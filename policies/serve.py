@@ -9,12 +9,14 @@ REST (FastAPI + uvicorn, as OpenVLA's deploy script): ``POST /act`` with a json-
 ``{"image": uint8 (H, W, 3), "instruction": str, "unnorm_key": optional, "reset": optional}``
 -> the json-numpy encoded action ``(7,)`` (or the policy's chunk ``(k, 7)``). A body that is not
 JSON gets 400; a missing image, an image of the wrong dtype or shape or an empty instruction
-get 422; a policy that fails gets 500; each with a message. ``GET /healthz`` -> 200.
+get 422; a body over 32 MiB gets 413; a policy that fails gets 500; each with a message.
+``GET /healthz`` -> 200.
 The policy is reset when a request says ``"reset": true`` or the instruction changes.
 
 Websocket (openpi's protocol, see :mod:`policies.remote`): metadata map on connect, then one
 msgpack observation per binary frame -> ``{"actions": (k, 7), "server_timing": {...}}``; an
-error sends its traceback as a text frame and closes with 1011. ``GET /healthz`` -> 200.
+error sends its message as a text frame (the full traceback only when started with ``debug``:
+it names the server's files) and closes with 1011. ``GET /healthz`` -> 200.
 """
 
 from __future__ import annotations
@@ -115,6 +117,19 @@ def parse_act_request(body: bytes) -> tuple[dict[str, Any], bool]:
     return obs, reset
 
 
+async def _capped_body(request: Request, limit: int = MAX_MESSAGE_BYTES) -> bytes:
+    """The request body, or a 413 RequestError once it passes ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body of {declared} bytes exceeds {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(413, f"request body exceeds {limit} bytes")
+    return bytes(body)
+
+
 def create_rest_app(policy: Policy):
     """A FastAPI app serving ``policy`` at ``POST /act`` (and ``GET /healthz``)."""
     host = PolicyHost(policy)
@@ -127,7 +142,7 @@ def create_rest_app(policy: Policy):
     @app.post("/act")
     async def act(request: Request) -> Response:
         try:
-            obs, reset = parse_act_request(await request.body())
+            obs, reset = parse_act_request(await _capped_body(request))
         except RequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         try:
@@ -180,9 +195,12 @@ class _UvicornThread:
 class _WebsocketThread:
     """openpi's protocol on a ``websockets`` sync server (one thread per connection)."""
 
-    def __init__(self, policy: Policy, host: str, port: int, key_map: Mapping[str, str]) -> None:
+    def __init__(
+        self, policy: Policy, host: str, port: int, key_map: Mapping[str, str], debug: bool = False
+    ) -> None:
         from websockets.sync.server import serve
 
+        self.debug = debug
         self.policy_host = PolicyHost(policy)
         self.from_theirs = {theirs: ours for ours, theirs in key_map.items()}
         self.metadata = {"policy": policy.name, "action_dim": 7, "keys": sorted(self.from_theirs)}
@@ -236,11 +254,10 @@ class _WebsocketThread:
                 )
             except ConnectionClosed:
                 return
-            except Exception:
-                connection.send(traceback.format_exc())
-                connection.close(
-                    1011, "Internal server error. Traceback included in previous frame."
-                )
+            except Exception as exc:
+                detail = traceback.format_exc() if self.debug else f"{type(exc).__name__}: {exc}"
+                connection.send(detail)
+                connection.close(1011, "Internal server error. Error included in previous frame.")
                 return
 
     def start(self, timeout: float = 30.0) -> int:
@@ -264,6 +281,7 @@ class PolicyServer:
         protocol: ``"rest"`` (OpenVLA) or ``"websocket"`` (openpi).
         key_map: websocket only: our observation key -> the client's key (default LIBERO's).
         log_level: uvicorn's log level (REST).
+        debug: websocket only: error frames carry the server's full traceback (else the message).
     """
 
     def __init__(
@@ -274,6 +292,7 @@ class PolicyServer:
         protocol: Literal["rest", "websocket"] = "rest",
         key_map: str | Mapping[str, str] = "libero",
         log_level: str = "warning",
+        debug: bool = False,
     ) -> None:
         from wm_env.errors import lookup
 
@@ -283,7 +302,7 @@ class PolicyServer:
             self._backend: Any = _UvicornThread(create_rest_app(policy), host, port, log_level)
         elif protocol == "websocket":
             mapping = lookup("key map", key_map, KEY_MAPS) if isinstance(key_map, str) else key_map
-            self._backend = _WebsocketThread(policy, host, port, mapping)
+            self._backend = _WebsocketThread(policy, host, port, mapping, debug)
         else:
             lookup("protocol", protocol, {"rest": None, "websocket": None})
         self.policy, self.host, self.protocol = policy, host, protocol
@@ -337,6 +356,8 @@ class ServeConfig:
     """``key=value`` options for the policy loader (values parsed as JSON when they are), e.g. ``seed=0``."""
     log_level: str = "warning"
     """uvicorn log level (``info`` logs every request)."""
+    debug: bool = False
+    """websocket: send clients the full traceback of an error (it names this machine's files)."""
 
 
 def parse_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -362,7 +383,12 @@ def serve(config: ServeConfig) -> None:
 
     policy = load_policy(config.policy, **parse_options(config.option))
     server = PolicyServer(
-        policy, config.host, config.port, config.protocol, log_level=config.log_level
+        policy,
+        config.host,
+        config.port,
+        config.protocol,
+        log_level=config.log_level,
+        debug=config.debug,
     ).start()
     endpoint = "POST /act" if config.protocol == "rest" else "openpi websocket"
     print(f"serving {policy.name} on {server.url} ({endpoint}); Ctrl-C to stop", flush=True)

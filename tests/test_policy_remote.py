@@ -187,6 +187,35 @@ MALFORMED = {
         422,
         "instruction",
     ),
+    "0-d image": (
+        json.dumps(
+            {"image": {"__numpy__": "AA==", "dtype": "|u1", "shape": []}, "instruction": "x"}
+        ).encode(),
+        422,
+        "uint8",
+    ),
+    "100k-deep nesting": (
+        b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b', "instruction": "x"}',
+        400,
+        "nested too deeply",
+    ),
+    "object dtype": (
+        json.dumps(
+            {"image": {"__numpy__": "AA==", "dtype": "|O", "shape": [1]}, "instruction": "x"}
+        ).encode(),
+        400,
+        "refusing an array of dtype object",
+    ),
+    "structured dtype": (
+        json.dumps(
+            {
+                "image": {"__numpy__": "AA==", "dtype": [["a", "|u1"]], "shape": [1]},
+                "instruction": "x",
+            }
+        ).encode(),
+        400,
+        "dtype must be a string",
+    ),
 }
 
 
@@ -199,6 +228,24 @@ def test_rest_server_answers_malformed_requests_with_4xx(rest_server, case):
     import re
 
     assert re.search(message, response.json()["error"]), response.text
+
+
+def test_rest_server_refuses_bodies_over_its_limit_and_answers_after(rest_server):
+    from policies.remote import MAX_MESSAGE_BYTES
+
+    server, _ = rest_server
+    huge = b" " * (MAX_MESSAGE_BYTES + 1)
+    response = requests.post(f"{server.url}/act", data=huge, timeout=30)
+    assert response.status_code == 413 and "exceeds" in response.json()["error"]
+
+    def chunks():  # no Content-Length: the server counts what arrives
+        for _ in range(MAX_MESSAGE_BYTES // 2**20 + 2):
+            yield b" " * 2**20
+
+    response = requests.post(f"{server.url}/act", data=chunks(), timeout=30)
+    assert response.status_code == 413
+    body = encode_json({"image": observation()["image"], "instruction": INSTRUCTION})
+    assert requests.post(f"{server.url}/act", data=body, timeout=5).status_code == 200
 
 
 def test_rest_server_accepts_openvlas_encoded_wrapping(rest_server):
@@ -372,11 +419,12 @@ def test_websocket_client_maps_keys_for_libero_servers():
     )
 
 
-def test_openpi_server_sends_the_traceback_then_closes_with_1011():
+@pytest.mark.parametrize("debug", [False, True])
+def test_openpi_server_sends_the_error_then_closes_with_1011(debug):
     from websockets.exceptions import ConnectionClosedError
     from websockets.sync.client import connect
 
-    with PolicyServer(Echo(fail=True), port=0, protocol="websocket") as server:
+    with PolicyServer(Echo(fail=True), port=0, protocol="websocket", debug=debug) as server:
         with connect(server.url, compression=None) as raw:
             unpack_msgpack(raw.recv(timeout=5))  # metadata
             raw.send(
@@ -384,6 +432,8 @@ def test_openpi_server_sends_the_traceback_then_closes_with_1011():
             )
             text = raw.recv(timeout=5)
             assert isinstance(text, str) and "the policy broke down" in text
+            # the traceback names the server's files: sent only when debugging
+            assert ("Traceback" in text and ".py" in text) == debug
             with pytest.raises(ConnectionClosedError):
                 raw.recv(timeout=5)
             assert raw.close_code == 1011
