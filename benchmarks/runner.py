@@ -217,6 +217,32 @@ def build_policy_factory(suite: Suite) -> Callable[[EpisodeKey], Any]:
     return factory
 
 
+def check_policies(suite: Suite, keys: list[EpisodeKey], factory=None) -> Callable:
+    """Build every policy that ``keys`` name once, before any episode runs; returns the factory.
+
+    Raises:
+        WmGymError: naming each policy that cannot be built and why (an unknown name, a
+            mistyped option, a checkpoint that does not exist), so that a run never spends its
+            world model on episodes that can only become error rows.
+    """
+    from wm_env.errors import WmGymError
+
+    factory = factory or build_policy_factory(suite)
+    failures = {}
+    for name in dict.fromkeys(key.policy for key in keys):
+        key = next(k for k in keys if k.policy == name)
+        try:
+            factory(key)
+        except Exception as error:  # noqa: BLE001 - reported together below
+            failures[name] = f"{type(error).__name__}: {error}"
+    if failures:
+        lines = "\n".join(f"  {name}: {why}" for name, why in failures.items())
+        raise WmGymError(
+            f"{len(failures)} policies of suite {suite.name!r} cannot be built:\n{lines}"
+        )
+    return factory
+
+
 def build_judge(suite: Suite):
     """The judge of a world-model suite (``None`` in the sim: its oracle decides)."""
     if suite.world.type == "sim":
@@ -295,7 +321,7 @@ def save_episode(out_dir: Path, result: EpisodeResult) -> None:
 class ChunkRunner:
     """Holds one process's world, policies and judge; runs chunks into rows."""
 
-    def __init__(self, suite: Suite, out_dir: Path, threads: int = 1) -> None:
+    def __init__(self, suite: Suite, out_dir: Path, threads: int = 1, policy_for=None) -> None:
         import torch
 
         if threads:
@@ -309,7 +335,7 @@ class ChunkRunner:
             self.world = WorldModelWorld(suite, starts)
         else:
             self.world = SimWorld(suite)
-        self.policy_for = build_policy_factory(suite)
+        self.policy_for = policy_for or build_policy_factory(suite)
         self.judge = build_judge(suite)
         self.judge_id, self.prompt_hash = judge_identity(suite, self.judge)
 
@@ -381,8 +407,13 @@ def run_suite(suite: Suite, out_dir: str | Path, options: RunOptions = RunOption
     check_run_dir(out_dir, suite)
     log = EpisodeLog(out_dir / LOG_NAME)
     missing = log.missing(suite.episode_keys(), retry_errors=options.retry_errors)
+    policy_for = check_policies(suite, missing) if missing else None
     local = options.workers <= 1 and options.ray_address is None
-    runner = ChunkRunner(suite, out_dir, options.torch_threads) if local or not missing else None
+    runner = (
+        ChunkRunner(suite, out_dir, options.torch_threads, policy_for)
+        if local or not missing
+        else None
+    )
     if runner is not None:
         judge_id, prompt_hash = runner.judge_id, runner.prompt_hash
     else:

@@ -259,21 +259,35 @@ def test_a_policy_that_goes_down_gives_error_rows_not_failures(
         "load_policy",
         lambda spec, **o: FailingPolicy() if spec == "flaky" else original(spec, **o),
     )
+    from wm_env.errors import WmGymError
+
+    broken = [
+        {"name": "broken", "spec": "no-such-policy"},
+        {"name": "mistyped", "spec": "random", "options": {"sede": 0}},
+    ]
     suite = wm_suite(
         tiny_bundle,
         conditions=[{"name": "clean"}],
-        policies=[
-            {"name": "flaky", "spec": "flaky"},
-            {"name": "zero", "spec": "zero"},
-            {"name": "broken", "spec": "no-such-policy"},
-        ],  # fmt: skip
+        policies=[{"name": "flaky", "spec": "flaky"}, {"name": "zero", "spec": "zero"}, *broken],
+    )
+    # policies that cannot be built stop the run before any episode, naming each
+    with pytest.raises(WmGymError, match="2 policies") as error:
+        run_suite(suite, tmp_path, RunOptions(progress=False))
+    assert "broken: UnknownNameError" in str(error.value) and "sede" in str(error.value)
+    assert (
+        not (tmp_path / "episodes.jsonl").exists()
+        or not EpisodeLog(tmp_path / "episodes.jsonl").rows
+    )
+    suite = wm_suite(
+        tiny_bundle,
+        conditions=[{"name": "clean"}],
+        policies=[{"name": "flaky", "spec": "flaky"}, {"name": "zero", "spec": "zero"}],
     )
     log = run_suite(suite, tmp_path, RunOptions(progress=False))
     by_policy = {}
     for row in log.rows:
         by_policy.setdefault(row["policy"], []).append(row)
     assert all("is down" in r["error"] and r["success"] is None for r in by_policy["flaky"])
-    assert all("no-such-policy" in r["error"] for r in by_policy["broken"])
     assert all(r["error"] is None and r["success"] is not None for r in by_policy["zero"])
     # errored episodes are kept (not re-run) unless asked
     assert EpisodeLog(tmp_path / "episodes.jsonl").missing(suite.episode_keys()) == []
