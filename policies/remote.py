@@ -325,15 +325,43 @@ KEY_MAPS: dict[str, dict[str, str]] = {
     "libero": {
         "image": "observation/image",
         "image_wrist": "observation/wrist_image",
+        "state": "observation/state",
         "instruction": "prompt",
     },
 }
 FILL: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    # LIBERO policies expect a wrist view and the 8-D proprio state; we have neither, so they
-    # get a black image and zeros (say so in results: the policy sees less than it was trained on).
+    # LIBERO policies expect a wrist view and the 8-D proprio state; where our observation has
+    # neither (no wrist camera; a world model that carries no state), they get a black image and
+    # zeros (say so in results: the policy sees less than it was trained on).
     "observation/wrist_image": lambda image: np.zeros_like(image),
     "observation/state": lambda image: np.zeros(8, np.float32),
 }
+
+
+def quaternion_to_axis_angle(quaternion: np.ndarray) -> np.ndarray:
+    """``(x, y, z, w)`` unit quaternion -> axis-angle ``(3,)`` (robosuite's ``quat2axisangle``)."""
+    xyz, w = np.asarray(quaternion[:3], np.float64), float(np.clip(quaternion[3], -1.0, 1.0))
+    sine = np.sqrt(max(1.0 - w * w, 0.0))
+    if sine < 1e-8:
+        return np.zeros(3)
+    return xyz * 2.0 * np.arccos(w) / sine
+
+
+def libero_state(state: np.ndarray) -> np.ndarray:
+    """Our 8-D state (eef xyz, quaternion xyzw, gripper opening) -> LIBERO's 8-D
+    ``observation/state`` as openpi's LIBERO example builds it: eef xyz, axis-angle (3), and
+    the two finger joint positions (half the opening each, the second negative)."""
+    state = np.asarray(state, np.float64)
+    if state.shape != (8,):
+        raise ValueError(f"state must be our 8-D proprio layout; got shape {state.shape}")
+    half = state[7] / 2.0
+    return np.concatenate([state[:3], quaternion_to_axis_angle(state[3:7]), [half, -half]]).astype(
+        np.float32
+    )
+
+
+# values converted from our layout into the server's (by the server's key)
+CONVERT: dict[str, Callable[[np.ndarray], np.ndarray]] = {"observation/state": libero_state}
 
 
 class WebsocketPolicyClient:
@@ -435,6 +463,8 @@ class WebsocketPolicyClient:
                 if theirs not in self.fill:
                     raise ValueError(f"observation has no {ours!r} for the server's {theirs!r}")
                 value = self.fill[theirs](image)
+            elif theirs in CONVERT:
+                value = CONVERT[theirs](value)
             request[theirs] = value if isinstance(value, str) else np.asarray(value)
         for theirs, make in self.fill.items():
             request.setdefault(theirs, make(image))

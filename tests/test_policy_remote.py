@@ -391,6 +391,25 @@ def test_websocket_client_against_our_openpi_server():
     assert policy.seen[0]["shape"] == (64, 64, 3)
 
 
+def test_our_state_reaches_libero_servers_in_their_layout():
+    from policies.remote import FILL, KEY_MAPS, libero_state, quaternion_to_axis_angle
+
+    np.testing.assert_allclose(quaternion_to_axis_angle(np.array([0, 0, 0, 1.0])), 0)
+    quarter_turn = np.array([0, 0, np.sin(np.pi / 4), np.cos(np.pi / 4)])  # 90 degrees about z
+    np.testing.assert_allclose(quaternion_to_axis_angle(quarter_turn), [0, 0, np.pi / 2], atol=1e-9)
+    state = np.array([0.1, -0.2, 0.9, *quarter_turn, 0.06], np.float32)
+    np.testing.assert_allclose(
+        libero_state(state), [0.1, -0.2, 0.9, 0, 0, np.pi / 2, 0.03, -0.03], atol=1e-6
+    )
+    with pytest.raises(ValueError, match="8-D"):
+        libero_state(np.zeros(3))
+    client = WebsocketPolicyClient.__new__(WebsocketPolicyClient)  # no connection: mapping only
+    client.key_map, client.fill = dict(KEY_MAPS["libero"]), dict(FILL)
+    sent = client.request({**observation(), "state": state})["observation/state"]
+    np.testing.assert_allclose(sent, libero_state(state))
+    np.testing.assert_array_equal(client.request(observation())["observation/state"], np.zeros(8))
+
+
 def test_websocket_client_maps_keys_for_libero_servers():
     client = WebsocketPolicyClient.__new__(WebsocketPolicyClient)  # no connection: mapping only
     client.key_map = {
