@@ -68,13 +68,29 @@ def checkpoint_type(directory: Path) -> str:
     raise CorruptFileError(config_path, "has no 'type' naming the policy")
 
 
-def load_policy(spec: str, **options: Any) -> Policy:
+def load_policy(spec: str, action_convention: str = "identity", **options: Any) -> Policy:
     """Build the policy that ``spec`` names; ``options`` go to its constructor / loader.
 
+    ``action_convention`` names the units the policy's actions come in (``identity``,
+    ``bridge``, ``libero``: :mod:`policies.action_conventions`); other than ``identity``, the
+    policy is wrapped so that it acts in this env's units (e.g. an OpenVLA server un-normalising
+    with ``bridge_orig``: ``load_policy("http://...", action_convention="bridge")``).
+
     Raises:
-        UnknownNameError: an unknown built-in name or checkpoint type (with a suggestion).
+        UnknownNameError: an unknown built-in name, checkpoint type or action convention (with a
+            suggestion).
         ValueError: a path that does not exist or a directory without ``config.json``.
     """
+    from policies.action_conventions import CONVENTIONS, ActionConvention
+
+    lookup("action convention", action_convention, CONVENTIONS)  # before anything is built
+    policy = _load_policy(spec, **options)
+    return (
+        policy if action_convention == "identity" else ActionConvention(policy, action_convention)
+    )
+
+
+def _load_policy(spec: str, **options: Any) -> Policy:
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"policy spec must be a non-empty string; got {spec!r}")
     if spec.startswith(("http://", "https://")):

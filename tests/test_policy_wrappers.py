@@ -315,3 +315,61 @@ def test_load_policy_makes_remote_clients_from_urls():
     assert load_policy("http://127.0.0.1:9/act").url == "http://127.0.0.1:9"  # endpoint given
     with pytest.raises(PolicyServerError, match="ws://127.0.0.1:9"):  # connects (and fails) now
         load_policy("ws://127.0.0.1:9", retries=0, timeout=1.0)
+
+
+# ---------------------------------------------------------------------- action conventions
+
+
+def test_bridge_actions_arrive_in_this_envs_units():
+    from policies.action_conventions import METRES_PER_UNIT, RADIANS_PER_UNIT, convert_action
+
+    # 2 cm forward, a tenth of a radian of yaw, gripper open (Bridge: 1 = open)
+    bridge = np.array([0.02, 0.0, -0.01, 0.0, 0.0, 0.1, 1.0])
+    ours = convert_action(bridge, "bridge")
+    np.testing.assert_allclose(
+        ours, [0.02 / METRES_PER_UNIT, 0, -0.01 / METRES_PER_UNIT, 0, 0, 0.1 / RADIANS_PER_UNIT, -1.0],
+        rtol=1e-6,
+    )  # fmt: skip
+    assert convert_action([0, 0, 0, 0, 0, 0, 0.0], "bridge")[6] == 1.0  # closed -> +1 close
+    assert convert_action([0, 0, 0, 0, 0, 0, 0.5], "bridge")[6] == 0.0
+    far = convert_action([1.0, -1.0, 0, 2.0, 0, 0, 1.0], "bridge")  # a metre: clipped
+    np.testing.assert_array_equal(far[:4], [1.0, -1.0, 0.0, 1.0])
+    chunk = convert_action(np.tile(bridge, (3, 1)), "bridge")
+    assert chunk.shape == (3, 7) and chunk.dtype == np.float32
+
+
+def test_libero_and_identity_conventions_and_bad_input():
+    from policies.action_conventions import convert_action
+
+    libero = np.array([0.8, -0.4, 0.0, 0.2, 0.0, 0.0, -1.0])  # per 20 Hz step, -1 open
+    np.testing.assert_allclose(convert_action(libero, "libero"), [0.2, -0.1, 0, 0.05, 0, 0, -1.0])
+    np.testing.assert_array_equal(convert_action(libero, "identity"), libero.astype(np.float32))
+    with pytest.raises(UnknownNameError, match="did you mean 'bridge'"):
+        convert_action(libero, "bridgee")
+    with pytest.raises(ValueError, match=r"\(7,\) or \(k, 7\)"):
+        convert_action(np.zeros(6), "bridge")
+    with pytest.raises(ValueError, match="NaN"):
+        convert_action(np.full(7, np.nan), "bridge")
+
+
+def test_load_policy_wraps_a_policy_in_its_action_convention():
+    from policies.registry import load_policy
+
+    class Bridge:  # a stand-in for an OpenVLA server un-normalising to Bridge's units
+        name, uses_image = "bridge-vla", False
+
+        def reset(self, instruction):
+            pass
+
+        def act(self, obs):
+            return np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])  # "open" in Bridge's units
+
+    from policies.action_conventions import ActionConvention
+
+    wrapped = ActionConvention(Bridge(), "bridge")
+    wrapped.reset("pick up the red cube")
+    assert wrapped.act({"instruction": "pick up the red cube"})[6] == -1.0  # open here too
+    zero = load_policy("zero", action_convention="libero")
+    assert isinstance(zero, ActionConvention) and zero.name == "zero"
+    with pytest.raises(UnknownNameError, match="action convention"):
+        load_policy("zero", action_convention="droid")
