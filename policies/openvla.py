@@ -237,6 +237,19 @@ def load_vlm(path: str | Path, trust_remote_code: bool = False, dtype: Any = "fl
 # --------------------------------------------------------------------------- the policy
 
 
+LLAMA_EMPTY_TOKEN = 29871  # OpenVLA's predict_action appends it to a prompt not ending in it
+
+
+def is_openvla_checkpoint(model: Any) -> bool:
+    """Whether ``model`` is one of OpenVLA's own checkpoints (its config's model type or
+    architecture), whose prompts need :data:`LLAMA_EMPTY_TOKEN` appended."""
+    config = getattr(model, "config", None)
+    architectures = getattr(config, "architectures", None) or []
+    return getattr(config, "model_type", "") == "openvla" or any(
+        str(name).startswith("OpenVLA") for name in architectures
+    )
+
+
 class OpenVLAPolicy:
     """Runs an OpenVLA-style VLM in-process: ``act(obs)`` -> float32 ``(7,)``.
 
@@ -252,7 +265,8 @@ class OpenVLAPolicy:
         vocab_size: end of the action-token range (default: the tokenizer's ``vocab_size``,
             32000 for OpenVLA's Llama tokenizer).
         prompt_suffix_ids: token ids appended to the prompt (OpenVLA's own ``predict_action``
-            appends 29871, Llama's empty token, when the prompt does not end with it).
+            appends 29871, Llama's empty token, when the prompt does not end with it;
+            :meth:`from_pretrained` does so for OpenVLA checkpoints unless told otherwise).
         resize: resize images to ``resize x resize`` (Lanczos) before the processor.
         device: torch device string (``"cpu"``, ``"cuda"``, ...).
         startup_check: run :meth:`check_image_sensitivity` now.
@@ -317,6 +331,8 @@ class OpenVLAPolicy:
         """Load from a local directory; statistics default to its ``dataset_statistics.json``
         or the config's ``norm_stats`` (as OpenVLA's checkpoints ship them)."""
         model, processor = load_vlm(path, trust_remote_code=trust_remote_code, dtype=dtype)
+        if is_openvla_checkpoint(model):  # as OpenVLA's own predict_action prompts it
+            kwargs.setdefault("prompt_suffix_ids", (LLAMA_EMPTY_TOKEN,))
         if statistics is None:
             stats_file = Path(path) / "dataset_statistics.json"
             statistics = (

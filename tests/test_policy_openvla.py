@@ -375,3 +375,52 @@ def test_custom_code_loads_only_with_trust_remote_code(tiny_vla, tmp_path, monke
     assert type(policy.model).__name__ == "VLAForActionPrediction"
     reference = OpenVLAPolicy.from_pretrained(tiny_vla, unnorm_key="sim64", startup_check=False)
     np.testing.assert_array_equal(policy.act(observation(90)), reference.act(observation(90)))
+
+
+def test_openvla_checkpoints_get_llamas_empty_token_before_the_action_tokens(monkeypatch):
+    """OpenVLA's predict_action appends token 29871 to the prompt; without it the 7 action
+    tokens come out shifted by one. A scripted model answers the right tokens only when its
+    prompt ends in 29871, so the off-by-one would show."""
+    import types
+
+    import torch
+
+    import policies.openvla as openvla
+
+    right = np.array([31990, 31900, 31800, 31700, 31744, 31872, 31999])  # 7 action tokens
+    shifted = np.array([29871, *right[:-1]])  # what a prompt without the empty token yields
+
+    class Scripted(torch.nn.Module):
+        def __init__(self, model_type: str):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.config = types.SimpleNamespace(model_type=model_type, architectures=None)
+
+        def generate(self, input_ids, **kwargs):
+            answer = right if input_ids[0, -1].item() == 29871 else shifted
+            return torch.cat([input_ids, torch.as_tensor(answer)[None]], dim=1)
+
+    class Processor:
+        tokenizer = types.SimpleNamespace(vocab_size=32000)
+
+        def __call__(self, text, images, return_tensors):
+            return {
+                "input_ids": torch.tensor([[1, 512, 13, 29901]]),
+                "attention_mask": torch.ones(1, 4),
+            }
+
+    for model_type, expected in (("openvla", right), ("llava", shifted)):
+        monkeypatch.setattr(
+            openvla,
+            "load_vlm",
+            lambda *a, model_type=model_type, **k: (Scripted(model_type), Processor()),
+        )
+        policy = OpenVLAPolicy.from_pretrained("any", statistics=None, startup_check=False)
+        policy.reset("lift the red cube")
+        policy.act(observation(3))
+        np.testing.assert_array_equal(policy.last_tokens, expected)
+    monkeypatch.setattr(openvla, "load_vlm", lambda *a, **k: (Scripted("openvla"), Processor()))
+    policy = OpenVLAPolicy.from_pretrained(
+        "any", statistics=None, startup_check=False, prompt_suffix_ids=()
+    )
+    assert policy.prompt_suffix_ids == ()  # the caller's choice wins, for OpenVLA too
