@@ -82,3 +82,20 @@ def test_data_info_summarises_a_dataset(lift_push_dataset, capsys):
     assert dataset.num_episodes == 2
     assert "lift" in out and "push" in out
     assert "cameras: image" in out
+
+
+def test_data_info_check_names_episodes_whose_files_cannot_be_read(blob_dataset, tmp_path, capsys):
+    import shutil
+
+    code, out, _ = run(["data", "info", str(blob_dataset), "--check"], capsys)
+    assert code == 0 and "all 6 episodes decode in full" in out
+    broken = shutil.copytree(blob_dataset, tmp_path / "broken")
+    video = next(broken.glob("videos/**/*.mp4"))
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 3])  # a torn copy
+    code, out, _ = run(["data", "info", str(broken), "--check"], capsys)
+    assert code == 1 and "episodes cannot be read" in out
+    assert f"episode 0: {video}" in out
+    parquet = next(broken.glob("data/**/*.parquet"))
+    parquet.write_bytes(parquet.read_bytes()[:100])
+    code, out, _ = run(["data", "info", str(broken), "--check"], capsys)
+    assert code == 1 and str(parquet) in out

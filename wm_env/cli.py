@@ -62,9 +62,26 @@ def _data_info(args: list[str], prog: str) -> None:
 
     from wm_env.dataset.info import summarize
 
-    parser = argparse.ArgumentParser(prog=prog, description="Summarise a LeRobot v3 dataset.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Summarise a LeRobot v3 dataset.",
+        epilog="example: wmgym data info data/sim64 --check",
+    )
     parser.add_argument("root", help="dataset directory")
-    print(summarize(parser.parse_args(args).root))
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="decode every episode's rows and videos; list the ones that cannot be read (exit 1)",
+    )
+    parsed = parser.parse_args(args)
+    print(summarize(parsed.root))
+    if parsed.check:
+        from wm_env.dataset.info import check_report
+
+        report, broken = check_report(parsed.root)
+        print(report)
+        if broken:
+            raise SystemExit(1)
 
 
 @command(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pandas as pd
 
 from wm_env.dataset.lerobot import LeRobotDataset
+from wm_env.errors import CorruptFileError
 
 
 def episode_table(dataset: LeRobotDataset) -> pd.DataFrame:
@@ -46,3 +48,45 @@ def summarize(root: str | os.PathLike) -> str:
             )
             lines.append(grouped.to_string())
     return "\n".join(lines)
+
+
+def unreadable_episodes(
+    dataset: LeRobotDataset, progress: bool = False
+) -> list[tuple[int, str, str]]:
+    """Decode every episode's data rows and every camera's frames; ``(episode, path, error)``
+    for each that cannot be read whole (a truncated parquet or mp4, a missing file)."""
+    from tqdm.auto import tqdm
+
+    problems = []
+    for ep in tqdm(dataset.episode_ids.tolist(), desc="checking episodes", disable=not progress):
+        try:
+            dataset.actions(int(ep))
+        except Exception as error:  # noqa: BLE001 - every failure is reported
+            problems.append((int(ep), _path_of(error, dataset._data_path(int(ep))), str(error)))
+            continue
+        for camera in dataset.camera_keys:
+            path = dataset.video_path(int(ep), camera)
+            try:
+                frames = dataset.frames(int(ep), camera)
+                if len(frames) != dataset.length(int(ep)):
+                    raise ValueError(
+                        f"{len(frames)} frames; the episode has {dataset.length(int(ep))}"
+                    )
+            except Exception as error:  # noqa: BLE001
+                problems.append((int(ep), _path_of(error, path), str(error)))
+    return problems
+
+
+def _path_of(error: Exception, default: Path) -> str:
+    return str(error.path) if isinstance(error, CorruptFileError) else str(default)
+
+
+def check_report(root: str | os.PathLike, progress: bool = True) -> tuple[str, int]:
+    """The text of ``wmgym data info --check`` and the number of unreadable episodes."""
+    dataset = LeRobotDataset(root)
+    problems = unreadable_episodes(dataset, progress)
+    if not problems:
+        return f"all {dataset.num_episodes} episodes decode in full", 0
+    lines = [f"{len({p[0] for p in problems})} of {dataset.num_episodes} episodes cannot be read:"]
+    lines += [f"  episode {ep}: {path}: {error}" for ep, path, error in problems]
+    return "\n".join(lines), len({p[0] for p in problems})
