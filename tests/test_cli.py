@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wm_env.cli import COMMANDS, main
+from wm_env.errors import CorruptFileError
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -99,3 +100,12 @@ def test_data_info_check_names_episodes_whose_files_cannot_be_read(blob_dataset,
     parquet.write_bytes(parquet.read_bytes()[:100])
     code, out, _ = run(["data", "info", str(broken), "--check"], capsys)
     assert code == 1 and str(parquet) in out
+
+
+def test_validation_errors_print_a_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "no-such-dataset"
+    code, out, err = run(["data", "info", str(missing)], capsys)
+    assert code == 2 and "error:" in err and "Traceback" not in err and "WMGYM_DEBUG" in err
+    monkeypatch.setenv("WMGYM_DEBUG", "1")
+    with pytest.raises(CorruptFileError):  # the traceback, for a developer who asks
+        main(["data", "info", str(missing)])

@@ -16,6 +16,7 @@ Examples::
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -288,7 +289,7 @@ def _usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``wmgym`` console script."""
-    from wm_env.errors import UnknownNameError, unknown_name_message
+    from wm_env.errors import UnknownNameError, WmGymError, unknown_name_message
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] and (argv[0], "") in COMMANDS:  # one-word commands: wmgym serve ...
@@ -308,6 +309,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except UnknownNameError as exc:  # a mistyped name in an option (e.g. --family lfit)
         print(f"{prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (WmGymError, ValueError, FileNotFoundError) as exc:  # bad input: say what, not where
+        if os.environ.get(DEBUG_VARIABLE):
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"(set {DEBUG_VARIABLE}=1 for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+DEBUG_VARIABLE = "WMGYM_DEBUG"
 
 
 if __name__ == "__main__":
