@@ -243,6 +243,20 @@ def check_policies(suite: Suite, keys: list[EpisodeKey], factory=None) -> Callab
     return factory
 
 
+def check_editors(suite: Suite, keys: list[EpisodeKey]) -> None:
+    """Build the image editor of every distractor condition ``keys`` use in a world-model suite
+    before any episode runs, so a mistyped editor stops the run instead of failing after the
+    clean condition's episodes (an unknown name raises with a did-you-mean)."""
+    if suite.world.type != "world_model":
+        return
+    from benchmarks.worlds import WorldModelWorld
+
+    for name in dict.fromkeys(key.condition for key in keys):
+        condition = suite.condition(name)
+        if condition.type == "distractors":
+            WorldModelWorld.build_editor(condition)
+
+
 def build_judge(suite: Suite):
     """The judge of a world-model suite (``None`` in the sim: its oracle decides)."""
     if suite.world.type == "sim":
@@ -408,6 +422,8 @@ def run_suite(suite: Suite, out_dir: str | Path, options: RunOptions = RunOption
     log = EpisodeLog(out_dir / LOG_NAME)
     missing = log.missing(suite.episode_keys(), retry_errors=options.retry_errors)
     policy_for = check_policies(suite, missing) if missing else None
+    if missing:
+        check_editors(suite, missing)
     local = options.workers <= 1 and options.ray_address is None
     runner = (
         ChunkRunner(suite, out_dir, options.torch_threads, policy_for)

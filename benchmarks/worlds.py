@@ -185,15 +185,20 @@ class WorldModelWorld:
 
     def editor(self, condition: ConditionSpec):
         if condition.name not in self._editors:
-            from wm_env.editing import build_editor
-
-            options = dict(condition.editor_options)
-            if condition.editor == "paste":
-                options.setdefault("count", condition.count)
-            if condition.prompt is not None:
-                options.setdefault("prompt", condition.prompt)
-            self._editors[condition.name] = build_editor(condition.editor, **options)
+            self._editors[condition.name] = self.build_editor(condition)
         return self._editors[condition.name]
+
+    @staticmethod
+    def build_editor(condition: ConditionSpec):
+        """The image editor of a distractor condition, with its options."""
+        from wm_env.editing import build_editor
+
+        options = dict(condition.editor_options)
+        if condition.editor == "paste":
+            options.setdefault("count", condition.count)
+        if condition.prompt is not None:
+            options.setdefault("prompt", condition.prompt)
+        return build_editor(condition.editor, **options)
 
     def start_frames(self, key: EpisodeKey) -> tuple[np.ndarray, str, dict[str, Any]]:
         """(frames (1, H, W, 3), instruction, meta) of ``key``'s start under its condition (the

@@ -421,3 +421,16 @@ def test_cem_plans_in_the_suites_bundle_which_then_pins_sim_results(tmp_path, mo
         ("cem", {"goal": "expert", "model": str(tmp_path)}),
         ("cem", {"model": "m"}),
     ]
+
+
+def test_a_mistyped_editor_stops_the_run_before_any_episode(tiny_bundle, tmp_path, stand_in_judge):
+    from wm_env.errors import UnknownNameError
+
+    suite = wm_suite(
+        tiny_bundle,
+        conditions=[{"name": "clean"}, {"name": "d", "type": "distractors", "editor": "pastee"}],
+    )
+    with pytest.raises(UnknownNameError, match="did you mean 'paste'"):
+        run_suite(suite, tmp_path, RunOptions(progress=False))
+    log = tmp_path / "episodes.jsonl"
+    assert not log.exists() or not EpisodeLog(log).rows  # not even the clean condition ran
