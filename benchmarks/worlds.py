@@ -22,6 +22,7 @@ import torch
 from benchmarks.lazy_frames import LazyFrames
 from benchmarks.suite import ConditionSpec, EpisodeKey, Suite
 from policies.base import check_action, uses_image
+from wm_env.errors import CorruptFileError
 
 EDIT_SALT, INSTRUCTION_SALT, MODEL_SALT, POLICY_SALT = 12, 13, 14, 15
 
@@ -73,8 +74,15 @@ def render_starts(
             meta = png.with_suffix(".json") if png else None
             cached = json.loads(meta.read_text()) if png and png.exists() and meta.exists() else {}
             if "state" in cached:  # caches written before states were recorded render again
+                frame = iio.imread(png)
+                if cached.get("sha256") not in (None, _pixels_sha256(frame)):
+                    raise CorruptFileError(
+                        png,
+                        "changed since this run rendered it (its episodes would start from "
+                        "another frame): delete it and its .json to render it again",
+                    )
                 starts[(task, seed)] = {
-                    "frame": iio.imread(png),
+                    "frame": frame,
                     "instruction": cached["instruction"],
                     "state": np.asarray(cached["state"], dtype=np.float32),
                 }
@@ -91,10 +99,17 @@ def render_starts(
                 png.parent.mkdir(parents=True, exist_ok=True)
                 iio.imwrite(png, obs["image"])
                 record = {"instruction": obs["instruction"], "task": task, "seed": seed}
-                meta.write_text(json.dumps({**record, "state": obs["state"].tolist()}))
+                record.update(state=obs["state"].tolist(), sha256=_pixels_sha256(obs["image"]))
+                meta.write_text(json.dumps(record))
         if env is not None:
             env.close()
     return starts
+
+
+def _pixels_sha256(frame: np.ndarray) -> str:
+    """SHA-256 of a frame's shape and pixels (what an episode starts from)."""
+    frame = np.ascontiguousarray(frame)
+    return hashlib.sha256(repr(frame.shape).encode() + frame.tobytes()).hexdigest()
 
 
 def perturbed_instruction(suite: Suite, key: EpisodeKey, instruction: str) -> str:

@@ -434,3 +434,19 @@ def test_a_mistyped_editor_stops_the_run_before_any_episode(tiny_bundle, tmp_pat
         run_suite(suite, tmp_path, RunOptions(progress=False))
     log = tmp_path / "episodes.jsonl"
     assert not log.exists() or not EpisodeLog(log).rows  # not even the clean condition ran
+
+
+def test_cached_starts_hold_the_robot_state_and_a_changed_png_is_refused(tmp_path, sim_available):
+    import imageio.v3 as iio
+
+    from benchmarks.worlds import render_starts
+    from wm_env.errors import CorruptFileError
+
+    first = render_starts(["lift"], [3], 64, tmp_path)[("lift", 3)]
+    assert first["state"].shape == (8,) and first["frame"].shape == (64, 64, 3)
+    again = render_starts(["lift"], [3], 64, tmp_path)[("lift", 3)]  # from the cache
+    np.testing.assert_array_equal(again["frame"], first["frame"])
+    np.testing.assert_allclose(again["state"], first["state"])
+    iio.imwrite(tmp_path / "lift-3.png", 255 - first["frame"])  # overwritten by something else
+    with pytest.raises(CorruptFileError, match="lift-3.png.*changed"):
+        render_starts(["lift"], [3], 64, tmp_path)
