@@ -53,6 +53,10 @@ class LeaderboardConfig:
     """probe judge only: "latents" judges the world model's own latents (no decoding)."""
     seeds: tuple[int, ...] | None = None
     """override the suite's start seeds (more seeds on a finished run's --out run only the new starts)."""
+    calibration: Path | None = None
+    """the judge's calibration (``wmgym judge calibrate --save``) that corrects the success
+    rates; default: the ``calibration.json`` in the judge's directory. One measured for another
+    judge or world model is refused."""
     workers: int = 1
     """local worker processes (1: in this process)."""
     ray_address: str | None = None
@@ -89,6 +93,37 @@ def editors_of(suite: Suite) -> str:
     return "; ".join(parts)
 
 
+def run_calibration(config: LeaderboardConfig, suite: Suite, provenance: dict):
+    """(calibration, note) for :func:`benchmarks.leaderboard.with_calibrated_success`.
+
+    The sim's oracle is exact. A calibration given with ``--calibration`` must be the judge's on
+    this bundle (else :class:`judges.correction.CalibrationMismatch`); the judge directory's own
+    calibrations are used when one matches, and the column says why not otherwise.
+    """
+    from judges.correction import CalibrationMismatch, find_calibration
+
+    if provenance.get("judge") == "oracle":
+        return "oracle", "oracle: the sim's predicate, exact"
+    judge_sha, bundle_sha = provenance["judge_prompt_sha256"], provenance["bundle_sha256"]
+    if config.calibration is not None:
+        if not Path(config.calibration).exists():
+            raise FileNotFoundError(f"--calibration {config.calibration} does not exist")
+        calibration, note = find_calibration(
+            config.calibration, judge_sha, bundle_sha, provenance.get("judge")
+        )
+        if calibration is None:
+            raise CalibrationMismatch(
+                f"--calibration {config.calibration} does not apply to this run "
+                f"(judge {judge_sha[:12]}, bundle {bundle_sha[:12]}): "
+                + note.removeprefix("uncalibrated: ")
+            )
+        return calibration, note
+    judge_dir = Path(suite.judge.path) if suite.judge.path else None
+    if judge_dir is None or not judge_dir.is_dir():
+        return None, "uncalibrated: the judge has no calibration"
+    return find_calibration(judge_dir, judge_sha, bundle_sha, provenance.get("judge"))
+
+
 def run_leaderboard(config: LeaderboardConfig) -> dict[str, Path]:
     """Run (or resume) the suite, then aggregate and report. Returns the written paths."""
     suite = configured_suite(config)
@@ -102,7 +137,10 @@ def run_leaderboard(config: LeaderboardConfig) -> dict[str, Path]:
     provenance = json.loads((config.out / RUN_NAME).read_text())
     provenance.pop("suite_config", None)
     rows = log.rows_for(suite.episode_keys())  # the log may hold seeds the suite dropped
-    main, long = write_leaderboards(rows, config.out, provenance, editors_of(suite))
+    calibration, note = run_calibration(config, suite, provenance)
+    main, long = write_leaderboards(
+        rows, config.out, provenance, editors_of(suite), calibration, note
+    )
     report = write_report(config.out, main, long, rows, provenance)
     return {
         "episodes": config.out / LOG_NAME,

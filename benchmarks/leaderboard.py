@@ -38,7 +38,13 @@ COLUMNS = {
     "errors": "episodes that could not run (policy server down...): not failures",
     "abstained": "episodes the judge could not decide",
     "ms_per_step": "mean wall milliseconds per env step",
+    "success_calibrated": "clean success corrected for the judge's measured TPR and FPR "
+    "(Rogan-Gladen), or 'uncalibrated' when the judge has no calibration for this world model",
+    "success_calibrated_lo": "95% interval of the corrected success (episodes and calibration)",
+    "success_calibrated_hi": "95% interval of the corrected success, high end",
+    "calibration": "which calibration corrected it (judge, bundle, TPR, FPR and their counts)",
 }
+UNCALIBRATED = "uncalibrated"
 
 
 def load_rows(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -140,6 +146,36 @@ def policy_table(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+def with_calibrated_success(table: pd.DataFrame, calibration, note: str) -> pd.DataFrame:
+    """Add ``success_calibrated`` (+ interval) and ``calibration`` to a policy table.
+
+    ``calibration`` is a :class:`judges.correction.JudgeCalibration` for the run's judge on its
+    world model, ``"oracle"`` for the sim's exact predicate, or None: then the column says
+    ``uncalibrated`` instead of a number, and ``note`` says why.
+    """
+    from judges.correction import corrected_rate
+
+    table = table.copy()
+    if calibration == "oracle":
+        table["success_calibrated"] = table["success"]
+        table["success_calibrated_lo"] = table["success_lo"]
+        table["success_calibrated_hi"] = table["success_hi"]
+    elif calibration is None:
+        table["success_calibrated"] = UNCALIBRATED
+        table["success_calibrated_lo"] = np.nan
+        table["success_calibrated_hi"] = np.nan
+    else:
+        corrected = [
+            corrected_rate(int(k), int(n), calibration)
+            for k, n in zip(table["successes"], table["episodes"], strict=True)
+        ]
+        table["success_calibrated"] = [c[0] for c in corrected]
+        table["success_calibrated_lo"] = [c[1] for c in corrected]
+        table["success_calibrated_hi"] = [c[2] for c in corrected]
+    table["calibration"] = note
+    return table
+
+
 def with_provenance(table: pd.DataFrame, provenance: dict[str, Any], editors: str) -> pd.DataFrame:
     """Append the provenance columns (same value on every row)."""
     table = table.copy()
@@ -149,13 +185,20 @@ def with_provenance(table: pd.DataFrame, provenance: dict[str, Any], editors: st
 
 
 def write_leaderboards(
-    rows: Sequence[dict[str, Any]], out_dir, provenance: dict[str, Any], editors: str = ""
+    rows: Sequence[dict[str, Any]],
+    out_dir,
+    provenance: dict[str, Any],
+    editors: str = "",
+    calibration=None,
+    calibration_note: str = "uncalibrated: the judge has no calibration",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write ``leaderboard.csv`` and ``leaderboard_long.csv``; return both tables."""
+    """Write ``leaderboard.csv`` and ``leaderboard_long.csv``; return both tables
+    (``calibration``: see :func:`with_calibrated_success`)."""
     from pathlib import Path
 
     frame = load_rows(rows)
-    main = with_provenance(policy_table(frame), provenance, editors)
+    main = with_calibrated_success(policy_table(frame), calibration, calibration_note)
+    main = with_provenance(main, provenance, editors)
     long = with_provenance(long_table(frame), provenance, editors)
     out_dir = Path(out_dir)
     main.to_csv(out_dir / "leaderboard.csv", index=False, float_format="%.4f")

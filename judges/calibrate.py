@@ -60,6 +60,11 @@ class CalibrateConfig:
         replay_batch: episodes replayed per batched world-model call.
         seed: world-model noise seed (episode i uses seed + i).
         out: output directory.
+        save: store each local judge's replay TPR and FPR in its directory
+            (``calibration.json``, for this bundle), where leaderboards find them to correct
+            their success rates (:mod:`judges.correction`). Use held-out episodes the judge
+            was not trained on: another ``--data.dataset`` (e.g. ``data/sim64_test``) with
+            ``--data.val-fraction`` 0.5 or more.
     """
 
     judge: tuple[str, ...]
@@ -75,6 +80,7 @@ class CalibrateConfig:
     replay_batch: int = 16
     seed: int = 0
     out: Path = Path("outputs/judge_calibration")
+    save: bool = False
 
     def __post_init__(self) -> None:
         if not self.judge:
@@ -105,6 +111,8 @@ def binary_metrics(predicted, labels) -> dict[str, float]:
         "n": int(len(labels)),
         "positives": pos,
         "negatives": neg,
+        "true_positives": int((predicted & labels).sum()),
+        "false_positives": int((predicted & ~labels).sum()),
         "accuracy": share(int((predicted == labels).sum()), len(labels)),
         "tpr": share(int((predicted & labels).sum()), pos),
         "fpr": share(int((predicted & ~labels).sum()), neg),
@@ -358,7 +366,43 @@ def calibrate(
         "agreement": agreements,
     }
     write_outputs(config.out, results, rows)
+    if config.save:
+        if not config.replay:
+            raise ValueError("--save stores replay error rates: run with --replay")
+        results["saved"] = save_replay_calibrations(config, judges, summary)
     return results
+
+
+def save_replay_calibrations(config: CalibrateConfig, judges: list, summary: dict) -> list[str]:
+    """Store each local judge's replay counts as a :class:`judges.correction.JudgeCalibration`
+    in its directory; returns the files written."""
+    from judges.correction import JudgeCalibration, save_calibration
+    from wm_env.bundle import run_config_sha256
+
+    bundle_sha = run_config_sha256(config.bundle, None)
+    written = []
+    for judge, spec in zip(judges, config.judge, strict=False):
+        described = describe_judge(judge)
+        directory = Path(spec)
+        if not directory.is_dir() or not described["prompt_hash"]:
+            continue  # a served judge: nowhere to store it
+        scores = summary[f"{described['name']}|replay"]
+        calibration = JudgeCalibration(
+            judge=described["name"],
+            judge_sha256=described["prompt_hash"],
+            bundle_sha256=bundle_sha,
+            true_positives=scores["true_positives"],
+            positives=scores["positives"],
+            false_positives=scores["false_positives"],
+            negatives=scores["negatives"],
+            source=(
+                f"{scores['n']} replays of held-out episodes of "
+                f"{config.data.dataset} (val_fraction {config.data.val_fraction}, split seed "
+                f"{config.data.split_seed})"
+            ),
+        )
+        written.append(str(save_calibration(directory, calibration)))
+    return written
 
 
 def _row(name: str, source: str, episode: dict, verdict: Verdict, seconds: float) -> dict:

@@ -450,3 +450,21 @@ def test_cached_starts_hold_the_robot_state_and_a_changed_png_is_refused(tmp_pat
     iio.imwrite(tmp_path / "lift-3.png", 255 - first["frame"])  # overwritten by something else
     with pytest.raises(CorruptFileError, match="lift-3.png.*changed"):
         render_starts(["lift"], [3], 64, tmp_path)
+
+
+def test_leaderboard_csv_has_the_calibrated_success_columns(tmp_path, sim_available):
+    import pandas as pd
+    import yaml
+
+    from benchmarks.bench import LeaderboardConfig, run_leaderboard
+
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(yaml.safe_dump({
+        "name": "s", "world": {"type": "sim"}, "tasks": ["lift"], "seeds": [1],
+        "episode_length": 3, "policies": [{"name": "zero", "spec": "zero"}],
+        "conditions": [{"name": "clean"}],
+    }))  # fmt: skip
+    paths = run_leaderboard(LeaderboardConfig(suite=suite_file, out=tmp_path / "lb"))
+    table = pd.read_csv(paths["leaderboard"])
+    assert table.loc[0, "success_calibrated"] == table.loc[0, "success"]  # the oracle is exact
+    assert table.loc[0, "calibration"].startswith("oracle")

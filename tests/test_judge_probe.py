@@ -8,6 +8,7 @@ tiny bundle (VAE + 1-layer DiT, briefly trained) provides the latents and the re
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 
@@ -529,3 +530,32 @@ def test_load_judge_detects_probes_urls_and_rejects_the_rest(trained_probe, tmp_
         load_judge("http://127.0.0.1:9/v1")
     with pytest.raises(ValueError, match="not a probe directory"):
         load_judge(str(tmp_path))
+
+
+def test_calibrate_save_stores_the_replay_rates_where_leaderboards_find_them(
+    trained_probe, labelled_bundle, labelled_dataset, tmp_path
+):
+    import shutil
+
+    from judges.calibrate import CalibrateConfig, calibrate
+    from judges.correction import find_calibration
+    from judges.probe import ProbeJudge
+    from train.data import DataConfig
+    from wm_env.bundle import run_config_sha256
+
+    probe = shutil.copytree(trained_probe, tmp_path / "probe")
+    config = CalibrateConfig(judge=(str(probe),), bundle=labelled_bundle, out=tmp_path / "cal",
+                             data=DataConfig(dataset=labelled_dataset, val_fraction=0.25),
+                             save=True)  # fmt: skip
+    judge = ProbeJudge.from_pretrained(probe)
+    results = calibrate(config, judges=[judge], progress=False)
+    assert results["saved"] == [str(probe / "calibration.json")]
+    replay = next(s for s in results["summary"] if s["source"] == "replay")
+    found, note = find_calibration(
+        probe, judge.prompt_hash, run_config_sha256(labelled_bundle), judge.name
+    )
+    assert found is not None and found.positives == replay["positives"]
+    assert found.tpr == pytest.approx(replay["tpr"]) and found.fpr == pytest.approx(replay["fpr"])
+    assert "replays of held-out episodes" in note
+    with pytest.raises(ValueError, match="--replay"):
+        calibrate(dataclasses.replace(config, replay=False), judges=[judge], progress=False)
