@@ -267,3 +267,34 @@ def test_env_starts_from_the_recorded_state_and_observes_the_carried_one(
     obs, *_ = venv.step(np.zeros((2, 7), np.float32))  # the next-step autoreset draws new starts
     starts = [dataset.states(int(i.split("/")[-1]))[0] for i in venv.unwrapped._start_ids]
     np.testing.assert_allclose(obs["state"], np.stack(starts), atol=1e-4)
+
+
+def test_state_head_stage_fits_the_head_alone_and_rewrites_only_it(
+    state_bundle, tiny_bundle, blob_dataset, tmp_path
+):
+    from safetensors.torch import load_file
+
+    from train.stage_state_head import (
+        StateHeadStageConfig,
+        format_figures,
+        run_state_head_stage,
+        window_starts,
+    )
+
+    assert window_starts(np.array([0, 5]), np.array([5, 3]), 4).tolist() == [0, 1]
+    bundle = shutil.copytree(state_bundle, tmp_path / "bundle")
+    before = load_file(bundle / "dynamics.safetensors")
+    config = StateHeadStageConfig(bundle=bundle, data=DataConfig(dataset=blob_dataset, val_fraction=0.34),
+                                  steps=300, batch_size=64, unroll=4)  # fmt: skip
+    figures = run_state_head_stage(config, progress=False)
+    # it fits its own rollouts of the training windows (4 blob episodes: too few to generalise)
+    assert figures["fit_loss_after"] < 0.5 * figures["fit_loss_before"]
+    assert len(figures["held_out_after"]["state"]) == 2  # steps 1 and 10 of 11-step episodes
+    assert "| state, after |" in format_figures(figures)
+    after = load_file(bundle / "dynamics.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("state_head.") for k in changed)
+    assert read_config(bundle)["dynamics"]["state_head_fit"]["steps"] == 300
+    WorldModel.from_pretrained(bundle)  # still a valid bundle (hashes rewritten)
+    with pytest.raises(ValueError, match="no state model"):
+        run_state_head_stage(dataclasses.replace(config, bundle=tiny_bundle), progress=False)

@@ -109,6 +109,21 @@ def _train_dynamics(args: list[str], prog: str) -> None:
     print(f"dynamics written to {bundle}")
 
 
+@command("train", "state-head", "fit a state model's state head alone, over its own rollouts")
+def _train_state_head(args: list[str], prog: str) -> None:
+    import tyro
+
+    from train.stage_state_head import (
+        StateHeadStageConfig,
+        format_figures,
+        run_state_head_stage,
+    )
+
+    config = tyro.cli(StateHeadStageConfig, args=args, prog=prog)
+    print(format_figures(run_state_head_stage(config)))
+    print(f"state head written to {config.bundle}")
+
+
 @command("train", "readout", "train the state read-out (robot and object states from frames)")
 def _train_readout(args: list[str], prog: str) -> None:
     import tyro
