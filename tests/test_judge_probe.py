@@ -188,7 +188,8 @@ def test_binary_metrics_against_hand_counts():
     from judges.calibrate import binary_metrics, score_verdicts
 
     m = binary_metrics([True, True, False, False, True], [True, False, False, True, True])
-    assert m == {"n": 5, "positives": 3, "negatives": 2, "accuracy": 0.6, "tpr": 2 / 3, "fpr": 0.5}
+    assert m == {"n": 5, "positives": 3, "negatives": 2, "accuracy": 0.6, "tpr": 2 / 3, "fpr": 0.5,
+                 "true_positives": 2, "false_positives": 1}  # fmt: skip
     assert np.isnan(binary_metrics([False], [False])["tpr"])  # no positives: undefined, not 0
     scored = score_verdicts(
         [Verdict(True, 1.0), Verdict.abstain("down"), Verdict(False, 0.0)],

@@ -36,7 +36,7 @@ def test_bad_inputs_are_refused():
     head = MeanHead(D, GRID, 2, A, width=8, depth=0)
     with pytest.raises(ValueError, match="context must be"):
         head(torch.randn(2, 2, 15, D), torch.randn(2, A))
-    with pytest.raises(ValueError, match="action must be"):
+    with pytest.raises(ValueError, match="condition must be"):
         head(torch.randn(2, 2, 16, D), torch.randn(2, A + 1))
 
 
