@@ -298,3 +298,37 @@ def test_state_head_stage_fits_the_head_alone_and_rewrites_only_it(
     WorldModel.from_pretrained(bundle)  # still a valid bundle (hashes rewritten)
     with pytest.raises(ValueError, match="no state model"):
         run_state_head_stage(dataclasses.replace(config, bundle=tiny_bundle), progress=False)
+
+
+def test_state_head_fit_through_time_trains_each_step_for_the_steps_after_it(
+    state_bundle, blob_dataset, tmp_path
+):
+    """Same loss value either way; through time the gradient also holds what a step's error
+    does to later steps, so it differs; the stage records the choice and still fits."""
+    from train.stage_state_head import StateHeadStageConfig, StateRollout, run_state_head_stage
+
+    states = np.cumsum(np.random.default_rng(0).normal(size=(12, 2)), 0).astype(np.float32)
+    arrays = {"states": states, "actions": np.random.default_rng(1).uniform(-1, 1, (12, 7)),
+              "starts": np.array([0]), "lengths": np.array([12])}  # fmt: skip
+    norm = StateNormalizer({"state_mean": [0.0, 0.0], "state_std": [1.0, 1.0],
+                            "state_delta_std": [1.0, 1.0]})  # fmt: skip
+    rollout = StateRollout(arrays, norm, {"q01": [-1.0] * 7, "q99": [1.0] * 7}, 8, history=2)
+    torch.manual_seed(0)
+    head = StateHead(2, 2, 8)
+    for p in head.parameters():
+        p.data.add_(torch.randn_like(p) * 0.1)
+    rows = torch.tensor([0, 3])
+    grads = []
+    for through_time in (False, True):
+        head.zero_grad()
+        loss = rollout.loss(head, rows, 5, through_time)
+        loss.backward()
+        grads.append((loss.item(), head.net[0].weight.grad.clone()))
+    assert grads[0][0] == pytest.approx(grads[1][0])
+    assert not torch.allclose(grads[0][1], grads[1][1])
+    bundle = shutil.copytree(state_bundle, tmp_path / "bundle")
+    config = StateHeadStageConfig(bundle=bundle, data=DataConfig(dataset=blob_dataset, val_fraction=0.34),
+                                  steps=200, batch_size=64, unroll=6, through_time=True)  # fmt: skip
+    figures = run_state_head_stage(config, progress=False)
+    assert figures["fit_loss_after"] < 0.5 * figures["fit_loss_before"]
+    assert read_config(bundle)["dynamics"]["state_head_fit"]["through_time"] is True

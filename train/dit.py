@@ -88,6 +88,8 @@ class DiTConfig:
             :class:`train.state_head.StateHead` that predicts the next state, and the state
             enters as a per-token map besides the adaLN condition.
         state_map_channels: channels per latent cell of the state map the mean head reads.
+        mean_head_anchor: the mean head also reads the episode's first frame
+            (:class:`train.mean_head.MeanHead`, ``anchor``).
     """
 
     in_channels: int
@@ -109,6 +111,7 @@ class DiTConfig:
     mean_head_history: int = 2
     state_dim: int = 0
     state_map_channels: int = 8
+    mean_head_anchor: bool = False
 
     def __post_init__(self) -> None:
         grid = tuple(self.grid)
@@ -593,6 +596,7 @@ class DiT(nn.Module):
                 cfg.mean_head_depth,
                 state_dim=cfg.state_dim,
                 state_map_channels=cfg.state_map_channels,
+                anchor=cfg.mean_head_anchor,
             )
         self.initialize_weights()
 

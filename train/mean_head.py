@@ -50,6 +50,10 @@ class MeanHead(nn.Module):
         state_dim: width of the robot state that follows the action in the condition (0: none);
             the state is also drawn onto the grid by a :class:`train.state_head.StateMap` of
             ``state_map_channels`` channels, so every cell knows where the arm should be.
+        anchor: also read the episode's first frame (its latents, as extra input channels at
+            every cell). With only ``history`` recent frames, an object the arm hides is gone
+            from the context and comes back in another colour or not at all; the first frame
+            still shows it, so the head can copy what did not move.
 
     The output layer starts at zero, so an untrained head predicts "no change" for the delta
     target.
@@ -65,6 +69,7 @@ class MeanHead(nn.Module):
         depth: int = 4,
         state_dim: int = 0,
         state_map_channels: int = 8,
+        anchor: bool = False,
     ) -> None:
         super().__init__()
         if width < GROUPS or width % GROUPS:
@@ -75,7 +80,7 @@ class MeanHead(nn.Module):
             raise ValueError(f"mean head needs history >= 1 and depth >= 0; got {history}, {depth}")
         self.channels, self.grid, self.history = channels, tuple(grid), history
         self.action_dim, self.width, self.depth = action_dim, width, depth
-        self.state_dim = state_dim
+        self.state_dim, self.anchor = state_dim, anchor
         self.state_map = None
         map_channels = 0
         if state_dim:
@@ -83,9 +88,13 @@ class MeanHead(nn.Module):
 
             self.state_map = StateMap(state_dim, grid, state_map_channels)
             map_channels = state_map_channels
-        # input channels: context latents, then the condition (action, state), then the state map
+        # input channels: context latents, the condition (action, state), the state map, the anchor
+        anchor_channels = channels if anchor else 0
         self.inp = nn.Conv2d(
-            history * channels + action_dim + state_dim + map_channels, width, 3, padding=1
+            history * channels + action_dim + state_dim + map_channels + anchor_channels,
+            width,
+            3,
+            padding=1,
         )
         self.blocks = nn.Sequential(*[_ResidualBlock(width) for _ in range(depth)])
         self.out = nn.Sequential(
@@ -94,9 +103,12 @@ class MeanHead(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, context: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Context latents ``(B, l, V*N, D)`` and the new frame's condition ``(B, A [+ S])`` ->
-        the target's conditional mean ``(B, V*N, D)``."""
+    def forward(
+        self, context: torch.Tensor, action: torch.Tensor, anchor: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Context latents ``(B, l, V*N, D)``, the new frame's condition ``(B, A [+ S])`` and,
+        for an anchored head, the episode's first frame ``(B, V*N, D)`` -> the target's
+        conditional mean ``(B, V*N, D)``."""
         h, w = self.grid
         B, given, tokens, D = context.shape
         if D != self.channels or tokens % (h * w) or given < 1:
@@ -106,6 +118,11 @@ class MeanHead(nn.Module):
         width = self.action_dim + self.state_dim
         if tuple(action.shape) != (B, width):
             raise ValueError(f"condition must be ({B}, {width}); got {tuple(action.shape)}")
+        if self.anchor and (anchor is None or tuple(anchor.shape) != (B, tokens, D)):
+            got = None if anchor is None else tuple(anchor.shape)
+            raise ValueError(
+                f"this mean head reads the first frame ({B}, {tokens}, {D}); got {got}"
+            )
         if given < self.history:
             pad = context[:, :1].expand(B, self.history - given, tokens, D)
             context = torch.cat([pad, context], dim=1)
@@ -116,6 +133,9 @@ class MeanHead(nn.Module):
         parts = [x, a.expand(-1, -1, h, w)]  # (B*V, l*D, h, w), (B*V, A [+ S], h, w)
         if self.state_map is not None:
             parts.append(self.state_map(a[:, self.action_dim :, 0, 0]))  # (B*V, k, h, w)
+        if self.anchor:
+            first = rearrange(anchor, "b (v hh ww) d -> (b v) d hh ww", v=views, hh=h, ww=w)
+            parts.append(first.to(x.dtype))  # (B*V, D, h, w)
         x = torch.cat(parts, dim=1)
         out = self.out(self.blocks(self.inp(x)))  # (B*V, D, h, w)
         return rearrange(out, "(b v) d hh ww -> b (v hh ww) d", v=views)

@@ -78,6 +78,9 @@ class DynamicsStageConfig:
             context frames in training (normalised latent units): it learns to predict from
             slightly wrong frames, as in its own rollouts, and overfits the training episodes
             less. 0 disables it.
+        mean_head_anchor: the mean head also reads the episode's first frame, so that what
+            the arm hid or did not touch can be copied from it (``train/mean_head.py``). Rollouts
+            anchor on the first start frame given to ``reset``.
         val_every: log the loss on a fixed batch of held-out clips (``val_loss``, and
             ``val_mean_loss`` with the mean head) every this many steps, a multiple of
             ``optim.log_every``; 0 disables it. It is measured on the EMA weights (the ones
@@ -121,6 +124,7 @@ class DynamicsStageConfig:
     mean_head_depth: int = 4
     mean_head_unroll: int = 1
     mean_head_context_noise: float = 0.0
+    mean_head_anchor: bool = False
     val_every: int = 500
     keep_best: bool = False
     optim: OptimConfig = field(
@@ -150,6 +154,8 @@ class DynamicsStageConfig:
             raise ValueError(
                 f"history, future, frame_skip must be >= 1; got {self.history}, {self.future}, {self.frame_skip}"
             )
+        if self.mean_head_anchor and not self.mean_head_width:
+            raise ValueError("mean_head_anchor needs a mean head: set mean_head_width > 0")
         if self.mean_head_width and self.future != 1:
             raise ValueError("the mean head predicts one frame at a time: set future=1")
         if self.temperature < 0:
@@ -257,6 +263,7 @@ def unrolled_mean_loss(
     delta_scale: torch.Tensor | None,
     noisy: Callable[[torch.Tensor], torch.Tensor] = lambda context: context,
     states: torch.Tensor | None = None,
+    anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Summed MSE of the mean head over ``steps`` more frames of its own rollout.
 
@@ -272,6 +279,7 @@ def unrolled_mean_loss(
         noisy: context augmentation applied to what the head reads (not to what the next
             frame is built on).
         states: normalised states ``(N, S)`` appended to each frame's condition (state models).
+        anchor: the episodes' first frames ``(B, L, D)`` for an anchored mean head, else None.
     """
     context = latents[context_rows]  # (B, l, L, D) true frames
     prediction, total = first, first.new_zeros(())
@@ -286,12 +294,18 @@ def unrolled_mean_loss(
         condition = normalize_actions(actions[action_rows], action_stats, frame_skip)[:, 0]
         if states is not None:
             condition = torch.cat([condition, states[true_row]], dim=1)  # (B, A + S)
-        prediction = mean_head(noisy(context), condition)
+        prediction = mean_head(noisy(context), condition, anchor)
         target = latents[true_row]
         if delta_scale is not None:
             target = (target - frame) / delta_scale
         total = total + F.mse_loss(prediction, target)
     return total
+
+
+def first_rows(split: dict, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(N,)`` the row of each row's episode's first frame, from a split's starts and lengths."""
+    firsts = np.repeat(np.asarray(split["starts"]), np.asarray(split["lengths"]))
+    return torch.from_numpy(firsts.astype(np.int64)).to(device)
 
 
 STAT_KEYS = ("latent_mean", "latent_std", "delta_std")
@@ -345,13 +359,18 @@ def _starting_point(config: DynamicsStageConfig, weights: list[str]) -> Starting
 def _load_starting_weights(model, dit_config, bundle: Path, source: dict) -> None:
     """Load ``bundle``'s dynamics weights into ``model`` (same architecture, or a clear error).
 
-    A model without states may start one with states (``--state``): the state parts are new and
-    start at zero, so the grown model computes what its start computed until training moves them.
+    A model without states may start one with states (``--state``), and a mean head without the
+    first frame one with it (``--mean-head-anchor``): the new parts start at zero, so the grown
+    model computes what its start computed until training moves them.
     """
     stored = {k: v for k, v in source["dynamics"]["dit"].items() if k != "action_dropout"}
-    grows = stored.get("state_dim", 0) == 0 and dit_config.state_dim > 0
-    if grows:  # the state settings are new
-        stored = {k: v for k, v in stored.items() if k not in ("state_dim", "state_map_channels")}
+    grows_state = stored.get("state_dim", 0) == 0 and dit_config.state_dim > 0
+    grows_anchor = not stored.get("mean_head_anchor", False) and dit_config.mean_head_anchor
+    grows = grows_state or grows_anchor
+    new_settings = (("state_dim", "state_map_channels") if grows_state else ()) + (
+        ("mean_head_anchor",) if grows_anchor else ()
+    )
+    stored = {k: v for k, v in stored.items() if k not in new_settings}
     ours = {k: v for k, v in json_ready(dataclasses.asdict(dit_config)).items() if k in stored}
     different = {k: (stored[k], ours[k]) for k in stored if ours.get(k) != stored[k]}
     if different:
@@ -367,17 +386,24 @@ def _load_starting_weights(model, dit_config, bundle: Path, source: dict) -> Non
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         fresh = type(model)(dit_config)
-    model.load_state_dict(grown_state_dict(fresh, weights, dit_config))
+    model.load_state_dict(grown_state_dict(fresh, weights, dit_config, grows_state, grows_anchor))
 
 
-def grown_state_dict(model, weights: dict[str, torch.Tensor], dit_config) -> dict:
-    """``model``'s state dict with a state-less model's ``weights`` in every place they fit.
+def grown_state_dict(
+    model,
+    weights: dict[str, torch.Tensor],
+    dit_config,
+    grows_state: bool = True,
+    grows_anchor: bool = False,
+) -> dict:
+    """``model``'s state dict with a smaller model's ``weights`` in every place they fit.
 
-    Tensors the state-less model lacks keep ``model``'s initialisation (the state parts, whose
-    outputs start at zero). The mean head's first convolution gains input channels: the
-    condition's state channels start at zero; the state map's channels keep their random
-    initialisation (the map itself starts at zero, so they change nothing yet, and zero on both
-    sides would never learn).
+    Tensors the smaller model lacks keep ``model``'s initialisation (the state parts, whose
+    outputs start at zero). The mean head's first convolution gains input channels (its layout:
+    context, condition, state map, first frame): the condition's state channels and the first
+    frame's channels start at zero; the state map's channels keep their random initialisation
+    (the map itself starts at zero, so they change nothing yet, and zero on both sides would
+    never learn).
     """
     ours = model.state_dict()
     out = {}
@@ -390,8 +416,10 @@ def grown_state_dict(model, weights: dict[str, torch.Tensor], dit_config) -> dic
         elif name == "mean_head.inp.weight" and old.shape[1] < tensor.shape[1]:
             grown = tensor.clone()
             grown[:, : old.shape[1]] = old
-            state_end = old.shape[1] + dit_config.state_dim
-            grown[:, old.shape[1] : state_end] = 0.0
+            if grows_state:
+                grown[:, old.shape[1] : old.shape[1] + dit_config.state_dim] = 0.0
+            if grows_anchor:
+                grown[:, -dit_config.in_channels :] = 0.0
             out[name] = grown
         else:
             raise ValueError(f"cannot grow {name} from {tuple(old.shape)} to {tuple(tensor.shape)}")
@@ -489,17 +517,21 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         mean_head_depth=config.mean_head_depth,
         mean_head_history=config.history,
         state_dim=state_norm.dim if state_norm else 0,
+        mean_head_anchor=config.mean_head_anchor,
     )
     model = DiT(dit_config)
     if source:
         _load_starting_weights(model, dit_config, config.init_from, source.config)
     batch = config.optim.batch_size
     frames_per_clip = config.history + config.future
+    firsts = first_rows(train, device)  # (N,) each row's episode's first row
 
     def loss_fn(dit, step: int):
         rng = batch_rng(config.runtime, step)
         clip_ids = rng.integers(0, len(clips), batch)
-        loss, terms = batch_loss(dit, normalized, actions, states, clips.starts[clip_ids], step)
+        loss, terms = batch_loss(
+            dit, normalized, actions, states, firsts, clips.starts[clip_ids], step
+        )
         if validation is not None and step % config.val_every == 0:
             shipped = trainer.ema if trainer.ema is not None else dit  # the weights written out
             was_training = shipped.training
@@ -515,9 +547,10 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
                 keep_if_best(trainer, shipped, step, terms["val_loss"])
         return loss, terms
 
-    def batch_loss(dit, normalized, actions, states, clip_starts, seed_step: int):
+    def batch_loss(dit, normalized, actions, states, firsts, clip_starts, seed_step: int):
         """Loss of the clips starting at rows ``clip_starts`` of ``normalized`` (one split;
-        ``states``: its normalised robot states, or None)."""
+        ``states``: its normalised robot states, or None; ``firsts``: each row's episode's
+        first row)."""
         starts = torch.as_tensor(clip_starts, device=device)  # (B,)
         rows = (
             starts[:, None] + torch.arange(frames_per_clip, device=device) * config.frame_skip
@@ -564,12 +597,13 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
             noise = torch.randn(context.shape, generator=generator, device=context.device)
             return context + sigma * noise
 
-        mean = mean_head(noisy(x0[:, : config.history]), cond[:, -1])  # (B, L, D)
+        anchor = normalized[firsts[rows[:, 0]]] if config.mean_head_anchor else None  # (B, L, D)
+        mean = mean_head(noisy(x0[:, : config.history]), cond[:, -1], anchor)  # (B, L, D)
         mean_loss = F.mse_loss(mean, x0[:, -1])
         if unroll:
             mean_loss = mean_loss + unrolled_mean_loss(
                 mean_head, mean, rows[:, : config.history], normalized, actions, action_stats,
-                unroll, config.frame_skip, delta_scale, noisy, states,
+                unroll, config.frame_skip, delta_scale, noisy, states, anchor,
             )  # fmt: skip
             mean_loss = mean_loss / (1 + unroll)
         x0 = torch.cat([x0[:, :-1], (x0[:, -1] - mean.detach())[:, None]], dim=1)
@@ -596,6 +630,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
                 ((val_latents - mean) / std).to(device),
                 torch.from_numpy(val["actions"]).to(device),
                 val_states,
+                first_rows(val, device),
                 val_clips.starts[pick],
             )
 

@@ -41,6 +41,10 @@ class StateHeadStageConfig:
         packed: a packed-latents file holding the states (``wmgym train pack``).
         steps, batch_size, lr: AdamW steps (cosine decay to a tenth), windows per step, rate.
         unroll: steps of its own rollout each window is scored over.
+        through_time: let the gradient flow through the whole rollout (backpropagation through
+            time, gradient norm clipped to 1), so that a step is also trained for what it does
+            to the steps after it; else each step starts from the last one's prediction,
+            detached (``docs/design.md``, "Fitting the state head through time").
         seed: batch sampling.
     """
 
@@ -51,6 +55,7 @@ class StateHeadStageConfig:
     batch_size: int = 512
     lr: float = 1e-3
     unroll: int = 8
+    through_time: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -114,8 +119,12 @@ class StateRollout:
         self.scale = norm.delta_scale()  # (S,)
         self.starts, self.lengths = arrays["starts"], arrays["lengths"]
 
-    def loss(self, head, rows: torch.Tensor, steps: int) -> torch.Tensor:
-        """Mean MSE (delta units) over ``steps`` of the head's own rollout from ``rows``."""
+    def loss(
+        self, head, rows: torch.Tensor, steps: int, through_time: bool = False
+    ) -> torch.Tensor:
+        """Mean MSE (delta units) over ``steps`` of the head's own rollout from ``rows``
+        (each step's predicted state against the true one); ``through_time`` keeps the rollout
+        in the graph instead of detaching each step's start."""
         history = self.history
         context = self.states[rows[:, None] + torch.arange(history)]  # (B, l, S) true start
         total = context.new_zeros(())
@@ -124,7 +133,9 @@ class StateRollout:
             change = head(context, self.conditions[now])
             target = (self.states[now + 1] - context[:, -1]) / self.scale  # back to the truth
             total = total + F.mse_loss(change, target)
-            following = (context[:, -1] + change * self.scale).detach()
+            following = context[:, -1] + change * self.scale
+            if not through_time:
+                following = following.detach()
             context = torch.cat([context[:, 1:], following[:, None]], dim=1)
         return total / steps
 
@@ -200,9 +211,11 @@ def run_state_head_stage(config: StateHeadStageConfig, progress: bool = True) ->
     started = time.perf_counter()
     for _ in tqdm(range(config.steps), desc="state head", disable=not progress):
         rows = windows[torch.randint(len(windows), (config.batch_size,), generator=generator)]
-        loss = fit.loss(head, rows, config.unroll)
+        loss = fit.loss(head, rows, config.unroll, config.through_time)
         optimizer.zero_grad()
         loss.backward()
+        if config.through_time:
+            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         optimizer.step()
         schedule.step()
     head.eval()

@@ -194,6 +194,8 @@ class WorldModelState:
     residual: torch.Tensor | None = None
     # (B, history, S) normalised robot states of the context frames (state models), or None
     states: torch.Tensor | None = None
+    # (B, L, D) normalised latents of the first start frame (models whose mean head reads it)
+    anchor: torch.Tensor | None = None
 
     def clone(self) -> WorldModelState:
         return WorldModelState(
@@ -203,6 +205,7 @@ class WorldModelState:
             self.steps,
             None if self.residual is None else self.residual.clone(),
             None if self.states is None else self.states.clone(),
+            None if self.anchor is None else self.anchor.clone(),
         )
 
     def select(self, indices) -> WorldModelState:
@@ -224,6 +227,7 @@ class WorldModelState:
             self.steps,
             None if self.residual is None else self.residual.index_select(0, device_index),
             None if self.states is None else self.states.index_select(0, device_index),
+            None if self.anchor is None else self.anchor.index_select(0, device_index),
         )
 
 
@@ -471,6 +475,13 @@ class WorldModel:
         """Whether the model conditions on the robot's state (``reset`` then needs ``states``)."""
         return self.state_norm is not None
 
+    @property
+    def anchored(self) -> bool:
+        """Whether the mean head reads the episode's first frame (the first start frame given
+        to ``reset``), so that what the arm hides can come back as it was."""
+        mean_head = getattr(self.dit, "mean_head", None)
+        return bool(getattr(mean_head, "anchor", False))
+
     def null_conditions(self, batch: int, frames: int) -> torch.Tensor:
         cond = torch.zeros(batch, frames, condition_dim(self.frame_skip), device=self.device)
         cond[..., -1] = 1.0
@@ -582,7 +593,13 @@ class WorldModel:
         history_states = self._history_states(states, batch)
         shown, residual = self._start_frames(frames, latents[:, -1])
         self._state = WorldModelState(
-            latents, conditions, self._generator_states(seed, batch), 0, residual, history_states
+            latents,
+            conditions,
+            self._generator_states(seed, batch),
+            0,
+            residual,
+            history_states,
+            latents[:, 0].clone() if self.anchored else None,
         )
         return shown
 
@@ -604,6 +621,8 @@ class WorldModel:
             state.states = state.states.index_copy(0, index, history_states)
         conditions = self.null_conditions(len(index), self.history)
         state.context = state.context.index_copy(0, index, latents)
+        if state.anchor is not None:
+            state.anchor = state.anchor.index_copy(0, index, latents[:, 0])
         state.context_actions = state.context_actions.index_copy(0, index, conditions)
         for i, g in zip(index.tolist(), self._generator_states(seed, len(index)), strict=True):
             state.generator_states[i] = g
@@ -645,7 +664,7 @@ class WorldModel:
             sample = self._sample(state, condition)
             mean_head = getattr(self.dit, "mean_head", None)
             if mean_head is not None:  # the flow sampled the residual around this mean
-                sample = sample + mean_head(state.context, condition[:, 0])[:, None]
+                sample = sample + mean_head(state.context, condition[:, 0], state.anchor)[:, None]
         new = sample[:, 0].float()  # (B, L, D)
         if not torch.isfinite(new).all():  # never black frames in silence
             bad = torch.nonzero(~torch.isfinite(new).flatten(1).all(1)).flatten().tolist()
