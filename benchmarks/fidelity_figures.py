@@ -46,8 +46,8 @@ def parse_setting(text: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from train.data import DataConfig
     from train.fidelity import FidelityConfig, evaluate_fidelity
+    from wm_env.dataset.split import DataConfig
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=Path("models/default"))

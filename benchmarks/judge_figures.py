@@ -44,8 +44,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from judges.calibrate import CalibrateConfig, calibrate, markdown_table
-    from train.data import DataConfig
     from wm_env.bundle import bundle_sha256, read_config
+    from wm_env.dataset.split import DataConfig
 
     config = CalibrateConfig(
         judge=(str(args.probe), *args.judge),

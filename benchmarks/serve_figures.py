@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def start_server(protocol: str) -> tuple[subprocess.Popen, str]:
     """``wmgym serve --policy random --port 0`` in a child process; returns it and its URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "wm_env.cli", "serve", "--policy", "random", "--port", "0"]
+        [sys.executable, "-m", "wmgym.cli", "serve", "--policy", "random", "--port", "0"]
         + ["--protocol", protocol, "--option", "seed=0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -34,8 +34,8 @@ def matmul_flops_per_second(n: int = 1024, repeats: int = 10) -> float:
 
 def training_throughput(config: dict, batch: int = 32, steps: int = 5) -> float:
     """Clips per second of DiT training steps (forward, backward, AdamW) on random latents."""
-    from train.dit import DiT, DiTConfig
-    from train.flow import make_scheduler, training_loss
+    from wm_env.model.dit import DiT, DiTConfig
+    from wm_env.model.flow import make_scheduler, training_loss
 
     dynamics = config["dynamics"]
     model = DiT(DiTConfig(**dynamics["dit"]))

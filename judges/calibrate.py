@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from judges.base import Verdict, describe_judge
-from train.data import DataConfig
+from wm_env.dataset.split import DataConfig
 
 SOURCES = ("real", "replay")
 
@@ -252,8 +252,8 @@ def cached_replays(
 # ---------------------------------------------------------------------- the calibration run
 def held_out_episodes(data: DataConfig, limit: int = 0) -> list[dict[str, Any]]:
     """The held-out episodes of ``data``'s split: frames, real actions, instruction, label."""
-    from train.clips import split_episodes
     from wm_env.dataset.lerobot import LeRobotDataset
+    from wm_env.dataset.split import split_episodes
 
     dataset = LeRobotDataset(data.dataset)
     _, val_ids = split_episodes(dataset.num_episodes, data.val_fraction, data.split_seed)

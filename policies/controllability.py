@@ -32,8 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from policies.cem import CEMConfig, plan_in_world_model, rollout_costs
-from train.clips import split_episodes
-from train.data import DataConfig
+from wm_env.dataset.split import DataConfig, split_episodes
 from wm_env.errors import lookup
 from wm_env.spaces import ACTION_DIM
 

@@ -61,7 +61,7 @@ PY
     AMP=$([ "$DEVICE" = cuda ] && echo bf16 || echo none)
     rm -rf "$OUT/bundle" && mkdir -p "$OUT" && cp -r "$KIT/bundle" "$OUT/bundle"
     # shellcheck disable=SC2086
-    PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" $PY -c "import sys; from wm_env.cli import main; sys.exit(main(sys.argv[1:]))" \
+    PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" $PY -c "import sys; from wmgym.cli import main; sys.exit(main(sys.argv[1:]))" \
       train dynamics --bundle "$OUT/bundle" --packed "$KIT/latents.safetensors" $DYNAMICS_ARGS \
       --keep-best --val-every 250 --optim.steps "$STEPS" --optim.batch-size "$BATCH" \
       --optim.seconds "$SECONDS_BUDGET" --optim.checkpoint-every 1000 \

@@ -151,10 +151,10 @@ def tiny_bundle(blob_dataset, tmp_path_factory):
     """
     import torch
 
-    from train.data import DataConfig
     from train.loop import OptimConfig, RuntimeConfig
     from train.stage_dynamics import DynamicsStageConfig, run_dynamics_stage
     from train.stage_encoder import EncoderStageConfig, run_encoder_stage
+    from wm_env.dataset.split import DataConfig
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Adapters (train/adapters.py): registry, configs, S-VAE schedule, loss, determinism, freezing."""
+"""Adapters (wm_env/model/adapters.py): registry, configs, S-VAE schedule, loss, determinism, freezing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from train.adapters import (
+from wm_env.errors import UnknownNameError
+from wm_env.model.adapters import (
     ADAPTERS,
     IdentityAdapter,
     MLPAdapter,
@@ -17,7 +18,6 @@ from train.adapters import (
     build_adapter,
     kl_warmup_weight,
 )
-from wm_env.errors import UnknownNameError
 
 B, N, D = 4, 16, 32
 

@@ -1,4 +1,4 @@
-"""Mean heads that read the episode's first frame (``--mean-head-anchor``, train/mean_head.py).
+"""Mean heads that read the episode's first frame (``--mean-head-anchor``, wm_env/model/mean_head.py).
 
 Built on the moving-blob data of conftest.py and its tiny bundle.
 """
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from train.data import DataConfig
-from train.dit import DiT, DiTConfig
 from train.loop import OptimConfig
-from train.mean_head import MeanHead
 from train.stage_dynamics import DynamicsStageConfig, grown_state_dict, run_dynamics_stage
 from wm_env.bundle import read_config
+from wm_env.dataset.split import DataConfig
+from wm_env.model.dit import DiT, DiTConfig
+from wm_env.model.mean_head import MeanHead
 from wm_env.world_model import WorldModel
 
 

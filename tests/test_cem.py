@@ -398,7 +398,7 @@ def test_goals_from_dataset_episodes(blob_dataset):
 
 def test_controllability_writes_results_and_beats_no_search(tiny_bundle, blob_dataset, tmp_path):
     from policies.controllability import ControllabilityConfig, evaluate_controllability
-    from train.data import DataConfig
+    from wm_env.dataset.split import DataConfig
 
     config = ControllabilityConfig(
         bundle=tiny_bundle,
@@ -427,7 +427,7 @@ def test_controllability_writes_results_and_beats_no_search(tiny_bundle, blob_da
 
 def test_controllability_config_and_cli(tiny_bundle, blob_dataset, tmp_path, capsys):
     from policies.controllability import ControllabilityConfig
-    from wm_env.cli import main
+    from wmgym.cli import main
 
     with pytest.raises(ValueError, match="horizon must be 1"):
         ControllabilityConfig(cem=CEMConfig(horizon=2))

@@ -1,11 +1,11 @@
-"""The ``wmgym`` command line (wm_env.cli.main)."""
+"""The ``wmgym`` command line (wmgym.cli.main)."""
 
 from __future__ import annotations
 
 import pytest
 
-from wm_env.cli import COMMANDS, main
 from wm_env.errors import CorruptFileError
+from wmgym.cli import COMMANDS, main
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:

@@ -136,7 +136,7 @@ def test_resume_with_other_settings_is_refused(lift_push_dataset, tmp_path):
 
 def _wmgym() -> list[str]:
     script = Path(sys.executable).with_name("wmgym")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "wm_env.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "wmgym.cli"]
 
 
 def test_killed_collection_resumes_to_the_same_dataset(sim_available, tmp_path):

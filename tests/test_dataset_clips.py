@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.clips import ClipIndex, clip_starts, gather_clips, split_episodes
+from train.clips import ClipIndex, clip_starts, gather_clips
+from wm_env.dataset.split import split_episodes
 
 
 def fake_arrays(lengths: list[int], action_dim: int = 3) -> dict[str, np.ndarray]:

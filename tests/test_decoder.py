@@ -1,4 +1,4 @@
-"""Pixel decoder (train/decoder.py) and the offline ST-LPIPS perceptual loss (train/perceptual.py)."""
+"""Pixel decoder (wm_env/model/decoder.py) and the offline ST-LPIPS perceptual loss (train/perceptual.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import socket
 import pytest
 import torch
 
-from train.decoder import PixelDecoder, PixelDecoderConfig, decoder_loss, decoder_train_step
 from train.perceptual import PERCEPTUAL, build_perceptual
 from wm_env.errors import UnknownNameError
+from wm_env.model.decoder import PixelDecoder, PixelDecoderConfig, decoder_loss, decoder_train_step
 
 
 def tiny_config(**overrides) -> PixelDecoderConfig:

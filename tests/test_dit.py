@@ -1,4 +1,4 @@
-"""DiT transition model (train/dit.py): shapes, causality, conditioning, KV cache, views, sizes."""
+"""DiT transition model (wm_env/model/dit.py): shapes, causality, conditioning, KV cache, views, sizes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from train.dit import (
+from wm_env.errors import UnknownNameError
+from wm_env.model.dit import (
     DIT_PRESETS,
     DiT,
     DiTConfig,
@@ -16,7 +17,6 @@ from train.dit import (
     single_query_attention,
     spatial_rope_split,
 )
-from wm_env.errors import UnknownNameError
 
 D, GRID, A = 4, (4, 4), 7
 

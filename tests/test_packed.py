@@ -17,11 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train.data import DataConfig
 from train.loop import OptimConfig
 from train.packed import PackConfig, pack_latents, read_packed, store_in_bf16
 from train.stage_dynamics import DynamicsStageConfig, run_dynamics_stage
 from wm_env.bundle import read_config
+from wm_env.dataset.split import DataConfig
 from wm_env.errors import CorruptFileError
 from wm_env.world_model import WorldModel
 

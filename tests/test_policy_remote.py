@@ -546,7 +546,7 @@ def test_parse_options_reads_json_values():
 
 
 def test_wmgym_serve_rejects_unknown_policies(capsys):
-    from wm_env.cli import main
+    from wmgym.cli import main
 
     with pytest.raises(SystemExit) as info:
         main(["serve", "--policy", "ranodm"])
@@ -563,7 +563,7 @@ def test_wmgym_serve_serves_the_rest_client(stop_signal):
             "-X",
             "faulthandler",  # SIGABRT dumps every thread's stack (see the timeout below)
             "-m",
-            "wm_env.cli",
+            "wmgym.cli",
             "serve",
             "--policy",
             "random",

@@ -334,7 +334,7 @@ def test_training_learns_to_point_at_the_named_square(squares_dataset, tmp_path)
 
 
 def test_cli_trains_a_policy(squares_dataset, tmp_path):
-    from wm_env.cli import main
+    from wmgym.cli import main
 
     out = tmp_path / "cli-policy"
     main(

@@ -20,7 +20,6 @@ from safetensors.torch import load_file
 import train.stage_adapter
 import train.stage_decoder
 import train.stage_dynamics
-from train.data import DataConfig, dataset_fingerprint, load_split
 from train.evaluate import EvalConfig, evaluate
 from train.latent_cache import episode_hashes
 from train.loop import CHECKPOINT_STATE, LOSS_LOG, OptimConfig
@@ -35,6 +34,7 @@ from train.stage_dynamics import (
 from train.stage_encoder import EncoderStageConfig, run_encoder_stage
 from wm_env.bundle import BundleError, bundle_sha256, file_sha256, read_config, update_config
 from wm_env.bundle import write_component as write_bundle_component
+from wm_env.dataset.split import DataConfig, dataset_fingerprint, load_split
 from wm_env.world_model import WorldModel, build_adapter_from_config, build_encoder_from_config
 
 

@@ -1,4 +1,4 @@
-"""World models that condition on the robot's state (train/state_head.py, ``--state``).
+"""World models that condition on the robot's state (wm_env/model/state_head.py, ``--state``).
 
 Built on the moving-blob dataset of conftest.py, whose 2-D state is the blob's position: it
 moves by ``4 * (dx, dy)`` pixels per step, clipped to [6, 26].
@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from train.data import DataConfig
-from train.dit import DiT, DiTConfig
 from train.loop import OptimConfig
 from train.stage_dynamics import DynamicsStageConfig, grown_state_dict, run_dynamics_stage
-from train.state_head import (
+from wm_env.bundle import read_config
+from wm_env.dataset.split import DataConfig
+from wm_env.model.dit import DiT, DiTConfig
+from wm_env.model.state_head import (
     StateHead,
     StateMap,
     StateNormalizer,
     canonical_states,
     state_statistics,
 )
-from wm_env.bundle import read_config
 from wm_env.world_model import WorldModel
 
 

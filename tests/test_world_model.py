@@ -171,7 +171,7 @@ def deep_model(wm: WorldModel, depth: int, use_cache: bool) -> WorldModel:
     """``wm`` with a random-weight DiT of ``depth`` layers (same seed, so both calls agree)."""
     import copy
 
-    from train.dit import DiT, DiTConfig
+    from wm_env.model.dit import DiT, DiTConfig
 
     config = copy.deepcopy(wm.config)
     config["dynamics"]["dit"]["depth"] = depth

@@ -113,22 +113,3 @@ class ClipIndex:
         return gather_clips(
             arrays, self.starts[clip_ids], self.history, self.future, self.frame_skip
         )
-
-
-def split_episodes(
-    num_episodes: int, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic random split of episode ids ``0..num_episodes-1`` into (train, val).
-
-    ``round(num_episodes * val_fraction)`` episodes (at least one when ``val_fraction > 0``, and
-    never all) go to validation. Both arrays are sorted int64.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction}")
-    n_val = int(round(num_episodes * val_fraction))
-    if val_fraction > 0:
-        if num_episodes < 2:
-            raise ValueError(f"need at least 2 episodes to hold some out; got {num_episodes}")
-        n_val = min(max(n_val, 1), num_episodes - 1)
-    order = np.random.default_rng(seed).permutation(num_episodes)
-    return np.sort(order[n_val:]).astype(np.int64), np.sort(order[:n_val]).astype(np.int64)

@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.clips import split_episodes
-from train.data import DataConfig
 from train.metrics import psnr, ssim
 from wm_env.dataset.lerobot import LeRobotDataset
+from wm_env.dataset.split import DataConfig, split_episodes
 from wm_env.viz import caption, grid, save_gif, upscale
 
 

@@ -42,10 +42,9 @@ from judges.state_readout import (
     episode_classes,
     load_readout,
 )
-from train.clips import split_episodes
-from train.data import DataConfig
 from train.metrics import psnr, ssim
 from wm_env.dataset.lerobot import LeRobotDataset
+from wm_env.dataset.split import DataConfig, split_episodes
 from wm_env.sim.replay import EpisodeStates, dataset_states, project_to_pixels
 from wm_env.sim.tasks import TASK_COLORS, get_family
 

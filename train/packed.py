@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from train.data import DataConfig
+from wm_env.dataset.split import DataConfig
 
 PACK_FORMAT = 1
 SPLITS = ("train", "val")
@@ -93,10 +93,10 @@ def encoded_dataset(
     with_val: bool = True,
 ) -> PackedData:
     """Load ``data``'s split and encode it with ``bundle``'s encoder (cached in ``run_dir``)."""
-    from train.data import dataset_fingerprint, load_split
     from train.latent_cache import cached_episode_latents
     from train.stage_dynamics import encode_frames
     from wm_env.bundle import read_config
+    from wm_env.dataset.split import dataset_fingerprint, load_split
     from wm_env.world_model import build_adapter_from_config, build_encoder_from_config
 
     bundle_config = read_config(bundle)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from train.data import DataConfig, load_split
 from train.latent_cache import cached_episode_latents
 from train.loop import (
     OptimConfig,
@@ -19,6 +18,7 @@ from train.loop import (
 )
 from train.stage_dynamics import encode_frames
 from wm_env.bundle import read_config, write_component
+from wm_env.dataset.split import DataConfig, load_split
 from wm_env.world_model import build_encoder_from_config
 
 
@@ -52,7 +52,7 @@ class AdapterStageConfig:
 
 def run_adapter_stage(config: AdapterStageConfig, progress: bool = True) -> Path:
     """Train the adapter on cached encoder features; write ``adapter.safetensors``."""
-    from train.adapters import IdentityAdapter, build_adapter
+    from wm_env.model.adapters import IdentityAdapter, build_adapter
 
     device = torch.device(config.runtime.device)
     bundle_config = read_config(config.bundle)

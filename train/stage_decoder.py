@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.data import DataConfig, load_split
 from train.latent_cache import cached_episode_latents
 from train.loop import (
     OptimConfig,
@@ -33,6 +32,7 @@ from wm_env.bundle import (
     read_config,
     write_component,
 )
+from wm_env.dataset.split import DataConfig, load_split
 from wm_env.world_model import build_adapter_from_config, build_encoder_from_config
 
 
@@ -82,8 +82,8 @@ class DecoderStageConfig:
 
 def run_decoder_stage(config: DecoderStageConfig, progress: bool = True) -> Path:
     """Train the pixel decoder; write ``<section>.safetensors`` and its config section."""
-    from train.decoder import PixelDecoder, PixelDecoderConfig, decoder_loss
     from train.perceptual import build_perceptual
+    from wm_env.model.decoder import PixelDecoder, PixelDecoderConfig, decoder_loss
 
     device = torch.device(config.runtime.device)
     bundle_config = read_config(config.bundle)

@@ -19,7 +19,6 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from train.clips import ClipIndex
-from train.data import DataConfig
 from train.loop import (
     OptimConfig,
     RuntimeConfig,
@@ -40,6 +39,7 @@ from wm_env.bundle import (
     update_config,
     write_component,
 )
+from wm_env.dataset.split import DataConfig
 from wm_env.world_model import condition_dim, normalize_actions
 
 TARGETS = ("frame", "delta")
@@ -66,7 +66,7 @@ class DynamicsStageConfig:
         temperature: scale of the starting noise at sampling time (stored in the bundle; 0 =
             deterministic, 1 = the learned distribution).
         action_dropout: share of samples trained with the null action (classifier-free guidance).
-        mean_head_width: hidden channels of the convolutional mean head (``train/mean_head.py``)
+        mean_head_width: hidden channels of the convolutional mean head (``wm_env/model/mean_head.py``)
             trained jointly by MSE to predict the next frame's target; the flow learns the
             residual. 0 disables it (the flow models the whole target). Needs ``future=1``.
         mean_head_depth: its residual blocks.
@@ -79,7 +79,7 @@ class DynamicsStageConfig:
             slightly wrong frames, as in its own rollouts, and overfits the training episodes
             less. 0 disables it.
         mean_head_anchor: the mean head also reads the episode's first frame, so that what
-            the arm hid or did not touch can be copied from it (``train/mean_head.py``). Rollouts
+            the arm hid or did not touch can be copied from it (``wm_env/model/mean_head.py``). Rollouts
             anchor on the first start frame given to ``reset``.
         val_every: log the loss on a fixed batch of held-out clips (``val_loss``, and
             ``val_mean_loss`` with the mean head) every this many steps, a multiple of
@@ -94,7 +94,7 @@ class DynamicsStageConfig:
             them). The optimiser and learning-rate schedule start afresh.
         state: condition every frame on the robot's proprioceptive state (the dataset's
             ``observation.state``) and predict the next state with a small head
-            (``train/state_head.py``): the arm is drawn where the state says. Rollouts then need
+            (``wm_env/model/state_head.py``): the arm is drawn where the state says. Rollouts then need
             the start state (``WorldModel.reset(frames, states=...)``).
         state_noise: standard deviation of Gaussian noise (normalised state units) added in
             training to the states the frame model reads, as the predicted states it reads in
@@ -431,10 +431,10 @@ def grown_state_dict(
 
 def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Path:
     """Train the DiT; write ``dynamics.safetensors`` and the action statistics into the bundle."""
-    from train.dit import DiT, DiTConfig
-    from train.flow import make_scheduler, shift_for_latents, training_loss
     from train.packed import encoded_dataset, latent_space_key, read_packed
-    from train.state_head import STATE_KEYS, StateNormalizer, state_statistics
+    from wm_env.model.dit import DiT, DiTConfig
+    from wm_env.model.flow import make_scheduler, shift_for_latents, training_loss
+    from wm_env.model.state_head import STATE_KEYS, StateNormalizer, state_statistics
 
     device = torch.device(config.runtime.device)
     bundle_config = read_config(config.bundle)
@@ -588,7 +588,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         if mean_head is None:
             flow = training_loss(dit, scheduler, x0, config.history, cond, generator=generator)
             return flow + state_loss, terms
-        # regression of the mean + flow on the residual (train/mean_head.py)
+        # regression of the mean + flow on the residual (wm_env/model/mean_head.py)
         sigma = config.mean_head_context_noise if mean_head.training else 0.0
 
         def noisy(context: torch.Tensor) -> torch.Tensor:  # (B, l, L, D), augmented in training

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from train.data import DataConfig, dataset_fingerprint, load_split
 from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict
 from wm_env.bundle import json_ready, write_component
+from wm_env.dataset.split import DataConfig, dataset_fingerprint, load_split
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def encoder_section(encoder, name: str, options: dict[str, Any], image_size: int
 
 def run_encoder_stage(config: EncoderStageConfig, progress: bool = True) -> Path:
     """Train or register the encoder; return the bundle directory."""
-    from train.encoders import build_encoder, small_vae_config, vae_loss
+    from wm_env.model.encoders import build_encoder, small_vae_config, vae_loss
 
     if config.encoder != "vae" or config.path is not None:
         options = {"path": str(config.path)} if config.path is not None else {}

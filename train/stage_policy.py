@@ -20,10 +20,10 @@ from torch.nn import functional as F
 
 from policies.action_bins import ActionBins
 from policies.small_vla import SmallVLA, SmallVLAConfig, SmallVLAPolicy, Vocabulary
-from train.data import dataset_fingerprint
 from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict
 from train.stage_dynamics import cached_latents
 from wm_env.dataset.lerobot import LeRobotDataset
+from wm_env.dataset.split import dataset_fingerprint
 from wm_env.sim.tasks import get_family
 
 

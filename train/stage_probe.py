@@ -32,11 +32,11 @@ from judges.probe import (
     probe_section,
     uniform_frame_indices,
 )
-from train.data import DataConfig, dataset_fingerprint, load_split
 from train.latent_cache import cached_episode_latents
 from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict, pin_run_inputs
 from train.stage_dynamics import encode_frames
 from wm_env.bundle import bundle_sha256, latent_space_hashes, read_config, write_component
+from wm_env.dataset.split import DataConfig, dataset_fingerprint, load_split
 from wm_env.world_model import build_adapter_from_config, build_encoder_from_config
 
 

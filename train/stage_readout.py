@@ -24,10 +24,9 @@ from judges.state_readout import (
     readout_loss,
     save_readout,
 )
-from train.clips import split_episodes
-from train.data import DataConfig, dataset_fingerprint
 from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_dict
 from wm_env.dataset.lerobot import LeRobotDataset
+from wm_env.dataset.split import DataConfig, dataset_fingerprint, split_episodes
 from wm_env.sim.replay import EpisodeStates, dataset_states
 
 

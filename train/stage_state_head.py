@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from train.data import DataConfig
 from wm_env.bundle import json_ready, load_weights, read_config, write_component
+from wm_env.dataset.split import DataConfig
 
 REPORT_STEPS = (1, 10, 20, 40)
 
@@ -73,8 +73,8 @@ def split_arrays(config: StateHeadStageConfig, space: str) -> tuple[dict, dict |
 
         data = read_packed(config.packed, space)
         return data.train, data.val
-    from train.clips import split_episodes
     from wm_env.dataset.lerobot import LeRobotDataset
+    from wm_env.dataset.split import split_episodes
 
     dataset = LeRobotDataset(config.data.dataset)
     train_ids, val_ids = split_episodes(
@@ -176,7 +176,7 @@ class StateRollout:
 def run_state_head_stage(config: StateHeadStageConfig, progress: bool = True) -> dict:
     """Fit the bundle's state head; rewrite its dynamics weights; return the figures."""
     from train.packed import latent_space_key
-    from train.state_head import StateNormalizer
+    from wm_env.model.state_head import StateNormalizer
     from wm_env.world_model import build_dit_from_config
 
     bundle_config = read_config(config.bundle)

@@ -47,7 +47,7 @@ def build_encoder_from_config(
     config: dict[str, Any], bundle: str | os.PathLike, device: str | torch.device = "cpu"
 ):
     """The frozen encoder of a bundle (weights from the bundle, or a pretrained local path)."""
-    from train.encoders import VAEEncoder, build_encoder
+    from wm_env.model.encoders import VAEEncoder, build_encoder
 
     section = config["encoder"]
     if "vae_config" in section:
@@ -62,7 +62,7 @@ def build_adapter_from_config(
     config: dict[str, Any], bundle: str | os.PathLike, device: str | torch.device = "cpu"
 ):
     """The frozen adapter of a bundle (``identity`` when it has none)."""
-    from train.adapters import build_adapter
+    from wm_env.model.adapters import build_adapter
 
     section = config.get("adapter") or {"name": "identity", "options": {}}
     adapter = build_adapter(
@@ -85,8 +85,8 @@ def build_pixel_decoder_from_config(
     decoder. ``"encoder"``: the encoder's own decoder. Any other name: the pixel decoder of the
     bundle's ``decoder_<name>`` section (e.g. a lighter one, ``wmgym train decoder --name``).
     """
-    from train.decoder import PixelDecoder, PixelDecoderConfig
     from wm_env.errors import UnknownNameError
+    from wm_env.model.decoder import PixelDecoder, PixelDecoderConfig
 
     offered = decoder_names(config)
     if name is not None and name not in offered:
@@ -108,7 +108,7 @@ def build_dit_from_config(
     device: str | torch.device = "cpu",
 ):
     """The DiT of a bundle's ``dynamics`` section (weights loaded when ``bundle`` is given)."""
-    from train.dit import DiT, DiTConfig
+    from wm_env.model.dit import DiT, DiTConfig
 
     dit = DiT(DiTConfig(**config["dynamics"]["dit"]))
     if bundle is not None:
@@ -118,7 +118,7 @@ def build_dit_from_config(
 
 def build_scheduler_from_config(config: dict[str, Any]):
     """The noise scheduler named in the bundle's ``dynamics.scheduler`` section."""
-    from train.flow import make_scheduler
+    from wm_env.model.flow import make_scheduler
 
     section = dict(config["dynamics"]["scheduler"])
     return make_scheduler(section.pop("name"), **section)
@@ -297,7 +297,7 @@ class WorldModel:
         self.action_stats = config["actions"]["stats"]
         self.state_norm = None  # state models: raw robot states <-> the units the DiT reads
         if int(dynamics["dit"].get("state_dim", 0)):
-            from train.state_head import StateNormalizer
+            from wm_env.model.state_head import StateNormalizer
 
             self.state_norm = StateNormalizer(dynamics, device)
         self.latent_shape = (int(dynamics["tokens"]), int(self.latent_mean.shape[0]))  # (L, D)
@@ -452,7 +452,7 @@ class WorldModel:
         decoded = self._decode_float(latents)  # (B, H, W, 3)
         if not self.residual_decoding:
             return _to_uint8(decoded), None
-        from train.encoders import resize_and_normalize
+        from wm_env.model.encoders import resize_and_normalize
 
         last = torch.as_tensor(np.asarray(frames), device=self.device)
         last = (last[:, -1] if last.ndim == 5 else last).float() / 255  # (B, H, W, 3)
@@ -707,7 +707,7 @@ class WorldModel:
         training never showed the model (measured on models/default, 6 layers: latents 0.12
         apart within 20 steps, frames up to 18 grey levels).
         """
-        from train.flow import sample_next_frame
+        from wm_env.model.flow import sample_next_frame
 
         noise = []
         for i, generator_state in enumerate(state.generator_states):

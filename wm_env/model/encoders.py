@@ -7,7 +7,7 @@ Every encoder maps a batch of RGB frames to a grid of tokens and (when it can) b
   ``latents`` are float32 ``(B, N, D)`` with ``N = h * w`` tokens in row-major grid order.
 - ``decode(latents) -> images``: ``(B, N, D) -> (B, H, W, 3)`` float in ``[0, 1]``, only for
   encoders with ``has_decoder``; the others raise :class:`NotImplementedError` (train a pixel
-  decoder on their latents: :mod:`train.decoder`).
+  decoder on their latents: :mod:`wm_env.model.decoder`).
 - ``latent_dim`` (D), ``grid`` (h, w), ``image_size`` (H, W the encoder works at: inputs of
   another size are resized), ``has_decoder``, ``frozen``, ``freeze()``.
 
@@ -239,7 +239,7 @@ class Encoder(nn.Module):
         """Decode latents ``(B, N, D)`` to frames ``(B, H, W, 3)`` in [0, 1] (if it has a decoder)."""
         raise NotImplementedError(
             f"encoder {self.name!r} has no pixel decoder: train one on its frozen latents "
-            "(train.decoder.PixelDecoder) to see its latents as images"
+            "(wm_env.model.decoder.PixelDecoder) to see its latents as images"
         )
 
     def forward(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -48,7 +48,7 @@ class MeanHead(nn.Module):
         width: hidden channels ``W`` (a multiple of 8).
         depth: residual blocks of two 3x3 convolutions.
         state_dim: width of the robot state that follows the action in the condition (0: none);
-            the state is also drawn onto the grid by a :class:`train.state_head.StateMap` of
+            the state is also drawn onto the grid by a :class:`wm_env.model.state_head.StateMap` of
             ``state_map_channels`` channels, so every cell knows where the arm should be.
         anchor: also read the episode's first frame (its latents, as extra input channels at
             every cell). With only ``history`` recent frames, an object the arm hides is gone
@@ -84,7 +84,7 @@ class MeanHead(nn.Module):
         self.state_map = None
         map_channels = 0
         if state_dim:
-            from train.state_head import StateMap
+            from wm_env.model.state_head import StateMap
 
             self.state_map = StateMap(state_dim, grid, state_map_channels)
             map_channels = state_map_channels

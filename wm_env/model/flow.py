@@ -338,14 +338,14 @@ def sample_next_frame(
     """Generate ONE new frame after ``history``: ``num_steps`` scheduler steps from noise.
 
     Args:
-        model: ``model(x, t, actions, cache=None) -> prediction`` (a :class:`train.dit.DiT`
+        model: ``model(x, t, actions, cache=None) -> prediction`` (a :class:`wm_env.model.dit.DiT`
             in eval mode; with a cache it also needs ``append_to_cache`` and ``config``).
         history: clean context latents ``(B, H, L, D)``. Without a cache the last
             ``model.config.max_frames - 1`` of them are used. With a cache they are appended
             to it first (prefill); pass None when the cache already holds the context.
         actions: ``(B, H + 1, A)`` conditions of the history frames and the new frame (only the
             last one is used when ``history`` is None or cached beforehand).
-        cache: a :class:`train.dit.TemporalKVCache`; each step then costs one frame of compute.
+        cache: a :class:`wm_env.model.dit.TemporalKVCache`; each step then costs one frame of compute.
         update_cache: append the generated frame to ``cache`` (as context) when done.
         noise: the starting noise ``(B, 1, L, D)``; drawn from ``generator`` when None.
 

@@ -24,7 +24,7 @@ RoPE layout (base 1e4, pairs ``(k, k + d/2)`` of a head rotate together):
   on the difference of positions, so absolute positions give the same results as positions
   inside a window, and keys rotated once when they enter the cache stay valid forever.
 
-Sampling lives in ``train/flow.py``; this module knows nothing about noise schedules.
+Sampling lives in ``wm_env/model/flow.py``; this module knows nothing about noise schedules.
 """
 
 from __future__ import annotations
@@ -77,19 +77,19 @@ class DiTConfig:
             actions by the null action (for classifier-free guidance).
         qk_norm: RMS-normalise queries and keys per head before RoPE.
         rope_base: RoPE frequency base.
-        mean_head_width: hidden channels of a :class:`train.mean_head.MeanHead` that regresses
+        mean_head_width: hidden channels of a :class:`wm_env.model.mean_head.MeanHead` that regresses
             the next frame's conditional mean from the context and action; the flow then
             models the residual. 0 (the default): no head, the flow models the whole target.
         mean_head_depth: residual blocks of the mean head.
         mean_head_history: context frames the mean head reads.
         state_dim: width ``S`` of the robot state each frame is conditioned on (0: none). The
             condition of a frame is then ``action_dim + S`` wide: its action followed by the
-            normalised state at that frame (``train/state_head.py``); the model also gets a
-            :class:`train.state_head.StateHead` that predicts the next state, and the state
+            normalised state at that frame (``wm_env/model/state_head.py``); the model also gets a
+            :class:`wm_env.model.state_head.StateHead` that predicts the next state, and the state
             enters as a per-token map besides the adaLN condition.
         state_map_channels: channels per latent cell of the state map the mean head reads.
         mean_head_anchor: the mean head also reads the episode's first frame
-            (:class:`train.mean_head.MeanHead`, ``anchor``).
+            (:class:`wm_env.model.mean_head.MeanHead`, ``anchor``).
     """
 
     in_channels: int
@@ -574,7 +574,7 @@ class DiT(nn.Module):
         self.action_embedder = nn.Linear(cfg.action_dim, C)
         self.state_embedder = self.state_tokens = self.state_head = None
         if cfg.state_dim:
-            from train.state_head import StateHead, StateMap
+            from wm_env.model.state_head import StateHead, StateMap
 
             self.state_embedder = nn.Linear(cfg.state_dim, C)  # into the adaLN condition
             self.state_tokens = StateMap(cfg.state_dim, cfg.patch_grid, C)  # added to tokens
@@ -585,7 +585,7 @@ class DiT(nn.Module):
         self.final_layer = FinalLayer(C, p * p * cfg.in_channels)
         self.mean_head = None
         if cfg.mean_head_width:
-            from train.mean_head import MeanHead
+            from wm_env.model.mean_head import MeanHead
 
             self.mean_head = MeanHead(
                 cfg.in_channels,
@@ -617,7 +617,7 @@ class DiT(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         nn.init.normal_(self.action_embedder.weight, std=0.02)
         if self.state_embedder is not None:  # a model grown from one without states starts as it
-            from train.state_head import StateHead, StateMap
+            from wm_env.model.state_head import StateHead, StateMap
 
             nn.init.zeros_(self.state_embedder.weight)
             nn.init.zeros_(self.state_embedder.bias)

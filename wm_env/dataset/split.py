@@ -1,4 +1,5 @@
-"""Loading a LeRobot v3 dataset for training: episodes split into train / validation arrays."""
+"""Which episodes of a LeRobot v3 dataset are for training and which are held out, and loading
+them as arrays. Every stage, judge calibration and evaluation splits the same way."""
 
 from __future__ import annotations
 
@@ -8,10 +9,27 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from train.clips import split_episodes
-
 if TYPE_CHECKING:  # imported lazily: training from packed latents needs no pandas/pyarrow
     from wm_env.dataset.lerobot import LeRobotDataset
+
+
+def split_episodes(
+    num_episodes: int, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic random split of episode ids ``0..num_episodes-1`` into (train, val).
+
+    ``round(num_episodes * val_fraction)`` episodes (at least one when ``val_fraction > 0``, and
+    never all) go to validation. Both arrays are sorted int64.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction}")
+    n_val = int(round(num_episodes * val_fraction))
+    if val_fraction > 0:
+        if num_episodes < 2:
+            raise ValueError(f"need at least 2 episodes to hold some out; got {num_episodes}")
+        n_val = min(max(n_val, 1), num_episodes - 1)
+    order = np.random.default_rng(seed).permutation(num_episodes)
+    return np.sort(order[n_val:]).astype(np.int64), np.sort(order[:n_val]).astype(np.int64)
 
 
 @dataclass(frozen=True)
