@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -117,6 +118,44 @@ def test_resume_runs_only_the_missing_episodes(lift_push_dataset, tmp_path, monk
     assert dataset.episode_meta(2)["family"] == "lift"  # episode e uses family e mod 2
     index = np.concatenate([dataset.column(ep, "index") for ep in range(3)])
     np.testing.assert_array_equal(index, np.arange(dataset.num_frames))
+
+
+def test_repair_records_unreadable_episodes_again(lift_push_dataset, tmp_path, monkeypatch):
+    """A truncated mp4 of episode 1: ``repair`` finds it, records episode 1 again (and nothing
+    else), and the dataset decodes in full, with the frames it had before."""
+    import wm_env.sim.collect as collect_module
+    from wm_env.dataset.info import unreadable_episodes
+
+    root = tmp_path / "data"
+    shutil.copytree(lift_push_dataset, root)
+    before = LeRobotDataset(root)
+    original = {"frames": before.frames(1, "image"), "actions": before.actions(1),
+                "states": before.states(1), "start": before.episode_meta(1)["start"]}  # fmt: skip
+    video = next(p for p in episode_files(root, 1) if p.suffix == ".mp4")
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 3])
+    assert [ep for ep, _, _ in unreadable_episodes(LeRobotDataset(root))] == [1]
+    recorded = []
+    record_episode = collect_module.record_episode
+
+    def spy(config, episode):
+        recorded.append(episode)
+        return record_episode(config, episode)
+
+    monkeypatch.setattr(collect_module, "record_episode", spy)
+    config = collect_module.CollectConfig(family="lift,push", episodes=2, workers=1, out=root)
+    collect_module.collect(config, progress=False)  # without repair: nothing to record
+    assert recorded == []
+    dataset = collect_module.collect(
+        dataclasses.replace(config, repair=True), progress=False
+    )  # the same settings: repair is not part of the dataset's identity
+    assert recorded == [1]
+    assert unreadable_episodes(dataset) == []
+    np.testing.assert_array_equal(dataset.actions(1), original["actions"])
+    np.testing.assert_array_equal(dataset.states(1), original["states"])
+    assert dataset.episode_meta(1)["start"] == original["start"]
+    frames = dataset.frames(1, "image").astype(float)  # rendered again: equal up to the codec
+    assert frames.shape == original["frames"].shape
+    assert np.abs(frames - original["frames"]).mean() < LOSSY_MAE
 
 
 def test_resume_with_other_settings_is_refused(lift_push_dataset, tmp_path):

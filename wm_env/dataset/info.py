@@ -89,4 +89,7 @@ def check_report(root: str | os.PathLike, progress: bool = True) -> tuple[str, i
         return f"all {dataset.num_episodes} episodes decode in full", 0
     lines = [f"{len({p[0] for p in problems})} of {dataset.num_episodes} episodes cannot be read:"]
     lines += [f"  episode {ep}: {path}: {error}" for ep, path, error in problems]
+    lines.append(
+        "a dataset from `wmgym data collect`: rerun its command with --repair to record them again"
+    )
     return "\n".join(lines), len({p[0] for p in problems})

@@ -394,6 +394,17 @@ class LeRobotWriter:
         paths = (self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet")
         return {e for e in map(_episode_from_path, paths) if e is not None}
 
+    def discard_episodes(self, episodes: Sequence[int]) -> list[Path]:
+        """Delete every file of ``episodes`` (data, videos, episode table), so that a resumed
+        run records them again; return the deleted paths. Call only with no writer running."""
+        wanted, removed = set(int(e) for e in episodes), []
+        for top in ("data", "videos", "meta/episodes"):
+            for path in sorted((self.root / top).rglob("*")):
+                if path.is_file() and _episode_from_path(path) in wanted:
+                    path.unlink()
+                    removed.append(path)
+        return removed
+
     def remove_partial(self) -> list[Path]:
         """Delete data/video files of incomplete episodes and stray temp files; return them.
 

@@ -2,7 +2,9 @@
 
 Episode ``e`` is fully determined by the config and ``e`` (its family, expert quality and
 seeds), so the result does not depend on the number of workers, and an interrupted collection
-resumes by running only the episodes whose files are missing.
+resumes by running only the episodes whose files are missing. With ``repair``, episodes of a
+finished dataset whose files cannot be decoded (a truncated parquet or mp4) are discarded first
+and recorded again, bit for bit as they would have been.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class CollectConfig:
         episode_steps: env steps per episode (default: the family's time limit).
         seed: base seed; episode ``e`` resets with ``seed * 100003 + e``.
         workers: parallel processes (one sim each).
+        repair: before resuming a finished dataset, decode every episode (``wmgym data info
+            --check``) and record again the ones that cannot be read whole.
     """
 
     family: str = "lift"
@@ -56,6 +60,7 @@ class CollectConfig:
     episode_steps: int | None = None
     seed: int = 0
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+    repair: bool = False
 
     def __post_init__(self) -> None:
         families = self.families  # validates the names
@@ -97,7 +102,7 @@ class CollectConfig:
     def identity(self) -> dict:
         """The settings a resumed run must share (not the episode count or worker count)."""
         data = dataclasses.asdict(self)
-        for volatile in ("episodes", "workers", "out"):
+        for volatile in ("episodes", "workers", "out", "repair"):
             data.pop(volatile)
         return data
 
@@ -192,10 +197,28 @@ def _writer(config: CollectConfig) -> LeRobotWriter:
     )
 
 
+def repair_unreadable(root: Path, writer: LeRobotWriter, progress: bool = True) -> list[int]:
+    """Discard the episodes of a finished dataset that cannot be decoded; return their ids
+    (nothing to do for a dataset that was never finished: its episodes are listed in no
+    ``info.json`` yet, and the files of unfinished ones are removed as partial anyway)."""
+    from wm_env.dataset.info import unreadable_episodes
+    from wm_env.dataset.lerobot import INFO_PATH
+
+    if not (Path(root) / INFO_PATH).is_file():
+        return []
+    broken = sorted({ep for ep, _, _ in unreadable_episodes(LeRobotDataset(root), progress)})
+    if broken:
+        writer.discard_episodes(broken)
+        print(f"recording again {len(broken)} unreadable episodes: {broken[:20]}")
+    return broken
+
+
 def collect(config: CollectConfig, progress: bool = True) -> LeRobotDataset:
     """Record the episodes of ``config`` that are not on disk yet, then finalize the dataset."""
     writer = _writer(config)  # also refuses to resume a dataset made with other settings
     writer.remove_partial()
+    if config.repair:
+        repair_unreadable(config.out, writer, progress)
     tasks = dataset_tasks(config.out)
     pending = sorted(set(range(config.episodes)) - writer.completed_episodes())
     bar = tqdm(
