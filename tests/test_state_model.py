@@ -332,3 +332,47 @@ def test_state_head_fit_through_time_trains_each_step_for_the_steps_after_it(
     figures = run_state_head_stage(config, progress=False)
     assert figures["fit_loss_after"] < 0.5 * figures["fit_loss_before"]
     assert read_config(bundle)["dynamics"]["state_head_fit"]["through_time"] is True
+
+
+def test_a_state_head_reads_the_last_actions_with_null_ones_before_the_start():
+    torch.manual_seed(0)
+    one = StateHead(state_dim=3, history=2, action_dim=5)
+    for p in one.parameters():
+        p.data.add_(torch.randn_like(p) * 0.1)
+    three = one.with_actions(3)  # computes what it started from
+    states, actions = torch.randn(4, 2, 3), torch.randn(4, 3, 5)
+    torch.testing.assert_close(three(states, actions), one(states, actions[:, -1]))
+    for p in three.parameters():
+        p.data.add_(torch.randn_like(p) * 0.1)
+    null = torch.zeros(4, 2, 5)
+    null[..., -1] = 1.0
+    newest = actions[:, -1]
+    torch.testing.assert_close(
+        three(states, newest), three(states, torch.cat([null, newest[:, None]], 1))
+    )
+    assert not torch.allclose(three(states, actions), three(states, newest))  # older ones count
+    with pytest.raises(ValueError, match="action must be"):
+        three(states, torch.randn(4, 3, 4))
+    with pytest.raises(ValueError, match="actions >= 1"):
+        StateHead(3, 2, 5, actions=0)
+
+
+def test_state_head_stage_can_give_the_head_more_actions(state_bundle, blob_dataset, tmp_path):
+    from train.stage_state_head import StateHeadStageConfig, run_state_head_stage
+
+    bundle = shutil.copytree(state_bundle, tmp_path / "bundle")
+    config = StateHeadStageConfig(bundle=bundle, data=DataConfig(dataset=blob_dataset, val_fraction=0.34),
+                                  steps=100, batch_size=64, unroll=4, actions=3)  # fmt: skip
+    figures = run_state_head_stage(config, progress=False)
+    assert figures["fit_loss_after"] < figures["fit_loss_before"]
+    assert read_config(bundle)["dynamics"]["dit"]["state_head_actions"] == 3
+    model = WorldModel.from_pretrained(bundle)
+    assert model.dit.state_head.actions == 3
+    model.reset(
+        np.zeros((2, 32, 32, 3), np.uint8), seed=0, states=np.full((2, 2), 16.0, np.float32)
+    )
+    actions = np.zeros((2, 7), np.float32)
+    actions[:, 0] = 0.5
+    for _ in range(3):
+        model.step(actions)
+    assert model.latest_states[0, 0] > 16.5  # the blob moved right, as the actions say

@@ -578,7 +578,7 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         state_loss = x0.new_zeros(())
         if states is not None:  # (B, T, S) states of the clip's frames, as the model reads them
             clip_states = states[rows]
-            state_loss = _state_loss(core.state_head, clip_states, cond[:, -1])
+            state_loss = _state_loss(core.state_head, clip_states, cond)
             terms["state_loss"] = state_loss.item()
             if core.training and config.state_noise:
                 noise = torch.randn(clip_states.shape, generator=generator, device=device)
@@ -610,11 +610,12 @@ def run_dynamics_stage(config: DynamicsStageConfig, progress: bool = True) -> Pa
         flow_loss = training_loss(dit, scheduler, x0, config.history, cond, generator=generator)
         return flow_loss + mean_loss + state_loss, {**terms, "mean_loss": mean_loss.item()}
 
-    def _state_loss(state_head, clip_states: torch.Tensor, target_cond: torch.Tensor):
-        """MSE of the state head's change into the clip's last frame (in delta units)."""
+    def _state_loss(state_head, clip_states: torch.Tensor, conds: torch.Tensor):
+        """MSE of the state head's change into the clip's last frame (in delta units), from
+        the context states and the actions into the clip's frames ``conds`` ``(B, T, A)``."""
         change = (clip_states[:, -1] - clip_states[:, -2]) / state_norm.delta_scale()  # (B, S)
         context = clip_states[:, : config.history]  # (B, l, S)
-        return F.mse_loss(state_head(context, target_cond[:, : dit_config.action_dim]), change)
+        return F.mse_loss(state_head(context, conds[:, :, : dit_config.action_dim]), change)
 
     delta_scale = (delta_std / std).to(device) if config.target == "delta" else None
     validation = None  # (normalised latents, actions, fixed clip starts) of the held-out split

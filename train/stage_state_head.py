@@ -41,6 +41,9 @@ class StateHeadStageConfig:
         packed: a packed-latents file holding the states (``wmgym train pack``).
         steps, batch_size, lr: AdamW steps (cosine decay to a tenth), windows per step, rate.
         unroll: steps of its own rollout each window is scored over.
+        actions: actions the head reads (the new one and the ones before it; see
+            :class:`wm_env.model.state_head.StateHead`); None keeps the bundle's. A head given
+            more starts as the bundle's (the older actions' weights at zero).
         through_time: let the gradient flow through the whole rollout (backpropagation through
             time, gradient norm clipped to 1), so that a step is also trained for what it does
             to the steps after it; else each step starts from the last one's prediction,
@@ -55,10 +58,13 @@ class StateHeadStageConfig:
     batch_size: int = 512
     lr: float = 1e-3
     unroll: int = 8
+    actions: int | None = None
     through_time: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.actions is not None and self.actions < 1:
+            raise ValueError(f"actions must be >= 1; got {self.actions}")
         if self.steps < 1 or self.batch_size < 1 or self.unroll < 1 or self.lr <= 0:
             raise ValueError(
                 f"steps, batch_size, unroll must be >= 1 and lr > 0; got {self.steps}, "
@@ -110,9 +116,11 @@ class StateRollout:
     """The head rolled out over windows of one split (normalised states, conditions)."""
 
     def __init__(self, arrays: dict, norm, action_stats: dict, action_dim: int, history: int):
+        from train.stage_dynamics import first_rows
         from wm_env.world_model import normalize_actions
 
         self.history = history
+        self.firsts = first_rows(arrays)  # (N,) each row's episode's first row
         self.states = norm.normalize(torch.from_numpy(arrays["states"]))  # (N, S)
         actions = torch.from_numpy(arrays["actions"]).float()[:, None]  # (N, 1, 7)
         self.conditions = normalize_actions(actions, action_stats, 1)[:, :action_dim]  # (N, A)
@@ -130,7 +138,7 @@ class StateRollout:
         total = context.new_zeros(())
         for k in range(steps):
             now = rows + history - 1 + k  # (B,) the row of the frame the head steps from
-            change = head(context, self.conditions[now])
+            change = head(context, self.recent_actions(now, head.actions))
             target = (self.states[now + 1] - context[:, -1]) / self.scale  # back to the truth
             total = total + F.mse_loss(change, target)
             following = context[:, -1] + change * self.scale
@@ -138,6 +146,17 @@ class StateRollout:
                 following = following.detach()
             context = torch.cat([context[:, 1:], following[:, None]], dim=1)
         return total / steps
+
+    def recent_actions(self, rows: torch.Tensor, count: int) -> torch.Tensor:
+        """``(B, count, A)`` the conditions of the ``count`` actions up to rows ``rows`` (B,),
+        oldest first; those before an episode's start are the null action."""
+        index = rows[:, None] + torch.arange(1 - count, 1)  # (B, count)
+        before = index < self.firsts[rows][:, None]
+        out = self.conditions[index.clamp(min=0)].clone()
+        null = torch.zeros_like(out[0, 0])
+        null[-1] = 1.0
+        out[before] = null
+        return out
 
     @torch.no_grad()
     def episode_errors(self, head, norm, horizon: int = 40) -> dict[str, list[float]]:
@@ -151,7 +170,7 @@ class StateRollout:
             context = self.states[s].expand(1, self.history, -1).clone()
             path = []
             for k in range(steps):
-                change = head(context, self.conditions[s + k][None])
+                change = head(context, self.recent_actions(torch.tensor([s + k]), head.actions))
                 following = (context[:, -1] + change * self.scale).clamp(-10, 10)
                 context = torch.cat([context[:, 1:], following[:, None]], dim=1)
                 path.append(following[0])
@@ -186,7 +205,10 @@ def run_state_head_stage(config: StateHeadStageConfig, progress: bool = True) ->
             f"{config.bundle} has no state model: train one with `wmgym train dynamics --state`"
         )
     dit = build_dit_from_config(bundle_config, config.bundle).train()
-    head = dit.state_head.requires_grad_(True)
+    head = dit.state_head
+    if config.actions is not None and config.actions != head.actions:
+        head = head.with_actions(config.actions)
+    head.requires_grad_(True)
     norm = StateNormalizer(dynamics)
     train, val = split_arrays(config, latent_space_key(bundle_config))
     if train is None or train.get("states") is None or val is None:
@@ -234,6 +256,7 @@ def run_state_head_stage(config: StateHeadStageConfig, progress: bool = True) ->
     fitted = {f"state_head.{k}": v.detach().to(weights[f"state_head.{k}"].dtype)
               for k, v in head.state_dict().items()}  # fmt: skip
     section = {k: v for k, v in dynamics.items() if k != "weights"}
+    section["dit"] = {**section["dit"], "state_head_actions": head.actions}
     section["state_head_fit"] = json_ready({**dataclasses.asdict(config), **figures})
     write_component(config.bundle, "dynamics", section, {**weights, **fitted})
     return figures

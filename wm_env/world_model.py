@@ -689,7 +689,8 @@ class WorldModel:
         """The state head's next normalised states ``(B, S)`` (None for models without states)."""
         if state.states is None:
             return None
-        change = self.dit.state_head(state.states, action).float()  # (B, S) in delta units
+        actions = torch.cat([state.context_actions, action[:, None]], dim=1)  # (B, l + 1, A)
+        change = self.dit.state_head(state.states, actions).float()  # (B, S) in delta units
         next_states = state.states[:, -1] + change * self.state_norm.delta_scale()
         return next_states.clamp(-self.STATE_SPAN, self.STATE_SPAN)  # inside state_space()
 

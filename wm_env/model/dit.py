@@ -88,6 +88,8 @@ class DiTConfig:
             :class:`wm_env.model.state_head.StateHead` that predicts the next state, and the state
             enters as a per-token map besides the adaLN condition.
         state_map_channels: channels per latent cell of the state map the mean head reads.
+        state_head_actions: actions the state head reads (the new one and the ones into the
+            last context frames; :class:`wm_env.model.state_head.StateHead`).
         mean_head_anchor: the mean head also reads the episode's first frame
             (:class:`wm_env.model.mean_head.MeanHead`, ``anchor``).
     """
@@ -112,6 +114,7 @@ class DiTConfig:
     state_dim: int = 0
     state_map_channels: int = 8
     mean_head_anchor: bool = False
+    state_head_actions: int = 1
 
     def __post_init__(self) -> None:
         grid = tuple(self.grid)
@@ -164,6 +167,8 @@ class DiTConfig:
                 f"state_dim must be >= 0 and state_map_channels >= 1; got {self.state_dim}, "
                 f"{self.state_map_channels}"
             )
+        if self.state_head_actions < 1:
+            raise ValueError(f"state_head_actions must be >= 1; got {self.state_head_actions}")
         if self.mean_head_width < 0 or self.mean_head_depth < 0 or self.mean_head_history < 1:
             raise ValueError(
                 f"mean head needs width >= 0, depth >= 0, history >= 1; got {self.mean_head_width}, "
@@ -578,7 +583,10 @@ class DiT(nn.Module):
 
             self.state_embedder = nn.Linear(cfg.state_dim, C)  # into the adaLN condition
             self.state_tokens = StateMap(cfg.state_dim, cfg.patch_grid, C)  # added to tokens
-            self.state_head = StateHead(cfg.state_dim, cfg.mean_head_history, cfg.action_dim)
+            self.state_head = StateHead(
+                cfg.state_dim, cfg.mean_head_history, cfg.action_dim,
+                actions=cfg.state_head_actions,
+            )  # fmt: skip
         self.layers = nn.ModuleList(
             [DiTLayer(C, cfg.heads, cfg.mlp_hidden, cfg.qk_norm) for _ in range(cfg.depth)]
         )

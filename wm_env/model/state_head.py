@@ -102,27 +102,40 @@ class StateMap(nn.Module):
 
 
 class StateHead(nn.Module):
-    """The next state's change (in delta units) from the last ``history`` states and the action.
+    """The next state's change (in delta units) from the last ``history`` states and the last
+    ``actions`` actions (the new one and the ones into the context frames).
 
     Args:
         state_dim: ``S``.
         history: context states read (fewer given: the first is repeated).
-        action_dim: width of the action part of the condition.
+        action_dim: width ``A`` of the action part of the condition (the last element is the
+            null flag: an action before the episode's start is zeros with the flag set).
         width, depth: the MLP's hidden width and hidden layers.
+        actions: actions read. The arm's controller does not reach its target within one step,
+            so the last actions tell how it is still moving (the 8-D state has no velocities).
 
     The output layer starts at zero: an untrained head predicts "the state stays".
     """
 
     def __init__(
-        self, state_dim: int, history: int, action_dim: int, width: int = 256, depth: int = 3
+        self,
+        state_dim: int,
+        history: int,
+        action_dim: int,
+        width: int = 256,
+        depth: int = 3,
+        actions: int = 1,
     ) -> None:
         super().__init__()
-        if state_dim < 1 or history < 1 or depth < 1:
+        if state_dim < 1 or history < 1 or depth < 1 or actions < 1:
             raise ValueError(
-                f"state head needs state_dim, history, depth >= 1; got {state_dim}, {history}, {depth}"
+                f"state head needs state_dim, history, depth, actions >= 1; got {state_dim}, "
+                f"{history}, {depth}, {actions}"
             )
         self.state_dim, self.history, self.action_dim = state_dim, history, action_dim
-        layers: list[nn.Module] = [nn.Linear(history * state_dim + action_dim, width), nn.SiLU()]
+        self.actions = actions
+        inputs = history * state_dim + actions * action_dim
+        layers: list[nn.Module] = [nn.Linear(inputs, width), nn.SiLU()]
         for _ in range(depth - 1):
             layers += [nn.Linear(width, width), nn.SiLU()]
         layers.append(nn.Linear(width, state_dim))
@@ -131,15 +144,47 @@ class StateHead(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, states: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Normalised states ``(B, l, S)`` and the action ``(B, A)`` -> change ``(B, S)``."""
+        """Normalised states ``(B, l, S)`` and the new action ``(B, A)``, or the last actions
+        ``(B, m, A)`` oldest first (fewer than ``actions``: null actions before them) ->
+        change ``(B, S)``."""
         B, given, S = states.shape
         if S != self.state_dim or given < 1:
             raise ValueError(
                 f"states must be (B, l >= 1, {self.state_dim}); got {tuple(states.shape)}"
             )
-        if tuple(action.shape) != (B, self.action_dim):
-            raise ValueError(f"action must be ({B}, {self.action_dim}); got {tuple(action.shape)}")
+        if action.dim() == 2:
+            action = action[:, None]
+        if action.dim() != 3 or action.shape[0] != B or action.shape[2] != self.action_dim:
+            raise ValueError(
+                f"action must be ({B}, {self.action_dim}) or ({B}, m, {self.action_dim}); "
+                f"got {tuple(action.shape)}"
+            )
+        if action.shape[1] < self.actions:
+            null = action.new_zeros(B, self.actions - action.shape[1], self.action_dim)
+            null[..., -1] = 1.0
+            action = torch.cat([null, action], dim=1)
         if given < self.history:
             states = torch.cat([states[:, :1].expand(B, self.history - given, S), states], dim=1)
         flat = states[:, -self.history :].reshape(B, -1)
-        return self.net(torch.cat([flat, action.to(flat.dtype)], dim=1))
+        recent = action[:, -self.actions :].reshape(B, -1).to(flat.dtype)  # (B, actions * A)
+        return self.net(torch.cat([flat, recent], dim=1))
+
+    def with_actions(self, actions: int) -> StateHead:
+        """A head reading ``actions`` actions that computes what this one computes: the newest
+        action keeps its weights, older ones start at zero."""
+        first = self.net[0]
+        grown = StateHead(
+            self.state_dim, self.history, self.action_dim, first.out_features,
+            (len(self.net) - 1) // 2, actions,
+        )  # fmt: skip
+        grown.load_state_dict(
+            {k: v for k, v in self.state_dict().items() if k != "net.0.weight"}, strict=False
+        )
+        states = self.history * self.state_dim
+        weight = torch.zeros_like(grown.net[0].weight)
+        weight[:, :states] = first.weight[:, :states]
+        keep = min(actions, self.actions) * self.action_dim
+        weight[:, weight.shape[1] - keep :] = first.weight[:, first.weight.shape[1] - keep :]
+        with torch.no_grad():
+            grown.net[0].weight.copy_(weight)
+        return grown
