@@ -93,6 +93,20 @@ def test_recorded_start_and_actions_replay_in_a_fresh_env(lift_push_dataset, sim
     assert info["success"] == dataset.success(ep)
 
 
+def recorded_episodes(monkeypatch) -> list[int]:
+    """The list the collector's episode recordings are appended to, from now on."""
+    import wm_env.sim.collect as collect_module
+
+    recorded, record_episode = [], collect_module.record_episode
+
+    def spy(config, episode):
+        recorded.append(episode)
+        return record_episode(config, episode)
+
+    monkeypatch.setattr(collect_module, "record_episode", spy)
+    return recorded
+
+
 def test_resume_runs_only_the_missing_episodes(lift_push_dataset, tmp_path, monkeypatch):
     """Collecting 3 episodes into a 2-episode dataset records only episode 2 and leaves the
     files of episodes 0 and 1 untouched."""
@@ -101,14 +115,7 @@ def test_resume_runs_only_the_missing_episodes(lift_push_dataset, tmp_path, monk
     root = tmp_path / "data"
     shutil.copytree(lift_push_dataset, root)  # copy2 keeps modification times
     before = mtimes(episode_files(root, 0) + episode_files(root, 1))
-    recorded = []
-    original = collect_module.record_episode
-
-    def spy(config, episode):
-        recorded.append(episode)
-        return original(config, episode)
-
-    monkeypatch.setattr(collect_module, "record_episode", spy)
+    recorded = recorded_episodes(monkeypatch)
     config = collect_module.CollectConfig(family="lift,push", episodes=3, workers=1, out=root)
     dataset = collect_module.collect(config, progress=False)
 
@@ -134,14 +141,7 @@ def test_repair_records_unreadable_episodes_again(lift_push_dataset, tmp_path, m
     video = next(p for p in episode_files(root, 1) if p.suffix == ".mp4")
     video.write_bytes(video.read_bytes()[: video.stat().st_size // 3])
     assert [ep for ep, _, _ in unreadable_episodes(LeRobotDataset(root))] == [1]
-    recorded = []
-    record_episode = collect_module.record_episode
-
-    def spy(config, episode):
-        recorded.append(episode)
-        return record_episode(config, episode)
-
-    monkeypatch.setattr(collect_module, "record_episode", spy)
+    recorded = recorded_episodes(monkeypatch)
     config = collect_module.CollectConfig(family="lift,push", episodes=2, workers=1, out=root)
     collect_module.collect(config, progress=False)  # without repair: nothing to record
     assert recorded == []
