@@ -85,3 +85,22 @@ def test_upscale_and_save_gif(tmp_path):
     path = save_gif(tmp_path / "sub" / "clip.gif", big, fps=5)
     back = iio.imread(path)
     assert back.shape[:3] == (4, 24, 24)
+
+
+def test_fidelity_strip_shows_the_chosen_steps_of_the_first_rows(tmp_path):
+    from benchmarks.fidelity_strip import fidelity_strip, main
+
+    frames = np.zeros((5, 40, 6, 3), np.uint8)  # 5 steps, a grid of 4 rows of 10 px
+    for t in range(5):
+        frames[t, :, :, 0] = 50 * t  # the step, readable in red
+    frames[:, 10:20, :, 1] = 200  # row 1 marked in green
+    gif = tmp_path / "grid.gif"
+    iio.imwrite(gif, frames, loop=0)
+    strip = fidelity_strip(gif, [1, 3, 5], episodes=2, rows_in_grid=4)
+    assert strip.shape == (20, 18, 3)
+    assert [int(strip[0, 6 * i, 0]) for i in range(3)] == [0, 100, 200]
+    assert strip[15, 0, 1] == 200 and strip[5, 0, 1] == 0
+    with pytest.raises(ValueError, match="cannot show steps"):
+        fidelity_strip(gif, [6], episodes=1, rows_in_grid=4)
+    main([str(gif), str(tmp_path / "strip.png"), "--steps", "1", "2"])
+    assert iio.imread(tmp_path / "strip.png").shape == (20, 12, 3)
