@@ -27,7 +27,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def parse_setting(text: str) -> dict:
-    """``"t0.5,s8,bf16"`` -> FidelityConfig overrides."""
+    """``"t0.5,s8,bf16"`` -> :class:`wm_env.options.WorldModelOptions` settings."""
     overrides: dict = {}
     if text == "default":
         return overrides
@@ -48,6 +48,7 @@ def parse_setting(text: str) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     from train.fidelity import FidelityConfig, evaluate_fidelity
     from wm_env.dataset.split import DataConfig
+    from wm_env.options import WorldModelOptions
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=Path("models/default"))
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
             out=args.out / setting,
             max_episodes=args.max_episodes,
             lpips=not args.no_lpips,
-            **parse_setting(setting),
+            wm=WorldModelOptions(**parse_setting(setting)),
         )
         figures = evaluate_fidelity(config)
         rows[setting] = {

@@ -46,6 +46,7 @@ def main() -> None:
     from judges.calibrate import CalibrateConfig, calibrate, markdown_table
     from wm_env.bundle import bundle_sha256, read_config
     from wm_env.dataset.split import DataConfig
+    from wm_env.options import WorldModelOptions
 
     config = CalibrateConfig(
         judge=(str(args.probe), *args.judge),
@@ -53,7 +54,7 @@ def main() -> None:
         bundle=args.bundle,
         episodes=args.episodes,
         served_model=args.served_model,
-        wm_temperature=args.wm_temperature,
+        wm=WorldModelOptions(temperature=args.wm_temperature),
         out=args.work,
     )
     results = calibrate(config)

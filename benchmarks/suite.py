@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from wm_env.errors import lookup
+from wm_env.options import WorldModelOptions
 
 WORLD_TYPES = ("world_model", "sim")
 CONDITION_TYPES = ("clean", "distractors", "instruction")
@@ -62,16 +63,24 @@ class WorldSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "type", lookup("world type", self.type, _names(WORLD_TYPES)))
-        if self.dtype is not None:
-            from wm_env.world_model import AUTOCAST_DTYPES
-
-            lookup("dtype", self.dtype, AUTOCAST_DTYPES)
         if self.type == "world_model" and not self.bundle:
             raise ValueError("a world_model world needs a 'bundle' directory")
         if self.num_envs < 1:
             raise ValueError(f"world.num_envs must be >= 1; got {self.num_envs}")
         if self.num_steps is not None and self.num_steps < 1:
             raise ValueError(f"world.num_steps must be >= 1; got {self.num_steps}")
+        object.__setattr__(self, "dtype", self.model_options.dtype)  # validated, canonical name
+
+    @property
+    def model_options(self) -> WorldModelOptions:
+        """How a world-model world runs its bundle."""
+        return WorldModelOptions(
+            device=self.device,
+            num_steps=self.num_steps,
+            temperature=self.temperature,
+            dtype=self.dtype,
+            decoder=self.decoder,
+        )
 
 
 @dataclass(frozen=True)

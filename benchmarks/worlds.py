@@ -171,14 +171,7 @@ class WorldModelWorld:
         world = suite.world
         self.suite = suite
         self.starts = starts
-        self.model = WorldModel.from_pretrained(
-            world.bundle,
-            device=world.device,
-            temperature=world.temperature,
-            dtype=world.dtype,
-            num_steps=world.num_steps,
-            decoder=world.decoder,
-        )
+        self.model = WorldModel.from_pretrained(world.bundle, world.model_options)
         first = next(iter(starts.values()))
         self.env = WorldModelVectorEnv(
             num_envs=world.num_envs,

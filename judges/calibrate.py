@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from judges.base import Verdict, describe_judge
 from wm_env.dataset.split import DataConfig
+from wm_env.options import WorldModelOptions
 
 SOURCES = ("real", "replay")
 
@@ -54,9 +55,9 @@ class CalibrateConfig:
         episodes: judge only the first N held-out episodes (0: all of them).
         served_model: model name for URL judges.
         num_samples: samples per verdict of VLM / URL judges (0: their default).
-        device: torch device of the judges and the world model.
-        wm_num_steps: denoising steps of the world model (default: the bundle's).
-        wm_temperature: sampling temperature of the world model (default: the bundle's).
+        device: torch device of the judges.
+        wm: how the world model runs (:class:`wm_env.options.WorldModelOptions`: device,
+            denoising steps, temperature, dtype; ``--wm.num-steps`` on the command line).
         replay_batch: episodes replayed per batched world-model call.
         seed: world-model noise seed (episode i uses seed + i).
         out: output directory.
@@ -75,8 +76,7 @@ class CalibrateConfig:
     served_model: str = ""
     num_samples: int = 0
     device: str = "cpu"
-    wm_num_steps: int | None = None
-    wm_temperature: float | None = None
+    wm: WorldModelOptions = field(default_factory=WorldModelOptions)
     replay_batch: int = 16
     seed: int = 0
     out: Path = Path("outputs/judge_calibration")
@@ -196,33 +196,31 @@ def cached_replays(
     actions: list[np.ndarray],
     *,
     seed: int = 0,
-    device: str = "cpu",
-    num_steps: int | None = None,
-    temperature: float | None = None,
+    wm: WorldModelOptions | None = None,
     batch: int = 16,
     progress: bool = True,
     latents: bool = False,
-    dtype: str | None = None,
 ) -> list[np.ndarray]:
     """:func:`replay_actions` with ``bundle``'s world model, cached in the npz file ``path``.
 
     The cache is keyed by the bundle's hash, the dataset, the episode ids, the seed, the
-    sampling settings and whether it holds latents; any change replays again.
+    sampling settings (``wm``) and whether it holds latents; any change replays again.
     """
     from wm_env.bundle import bundle_sha256
     from wm_env.world_model import WorldModel
 
+    wm = wm or WorldModelOptions()
     key = json.dumps(
         {
             "bundle": bundle_sha256(bundle),
             "episodes": episodes,
             "dataset": str(Path(dataset).resolve()),
             "seed": seed,
-            "num_steps": num_steps,
-            "temperature": temperature,
+            "num_steps": wm.num_steps,
+            "temperature": wm.temperature,
             # set only when used, so that caches made before these options keep their key
             **({"latents": True} if latents else {}),
-            **({"dtype": dtype} if dtype else {}),
+            **({"dtype": wm.dtype} if wm.dtype else {}),
         },
         sort_keys=True,
     )
@@ -230,12 +228,10 @@ def cached_replays(
         with np.load(path, allow_pickle=False) as cached:
             if str(cached["key"]) == key:
                 return [cached[f"e{i}"] for i in range(len(episodes))]
-    wm = WorldModel.from_pretrained(
-        bundle, device=device, num_steps=num_steps, temperature=temperature, dtype=dtype
-    )
+    model = WorldModel.from_pretrained(bundle, wm)
     start = time.perf_counter()
     replays = replay_actions(
-        wm, first_frames, actions, seed=seed, batch=batch, progress=progress, latents=latents
+        model, first_frames, actions, seed=seed, batch=batch, progress=progress, latents=latents
     )
     if progress:
         frames = sum(len(r) - 1 for r in replays)
@@ -324,9 +320,7 @@ def calibrate(
             np.stack([e["frames"][0] for e in episodes]),
             [e["actions"] for e in episodes],
             seed=config.seed,
-            device=config.device,
-            num_steps=config.wm_num_steps,
-            temperature=config.wm_temperature,
+            wm=config.wm,
             batch=config.replay_batch,
             progress=progress,
         )

@@ -36,6 +36,7 @@ from judges.prompt import (
     resize_frames,
     subsample_indices,
 )
+from wm_env.options import dtype_name
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -74,10 +75,8 @@ class VLMJudgeConfig:
             raise ValueError(f"temperature must be >= 0; got {self.temperature}")
         if not 0.0 <= self.min_answer_mass < 1.0:
             raise ValueError(f"min_answer_mass must be in [0, 1); got {self.min_answer_mass}")
-        if self.dtype not in DTYPES:
-            from wm_env.errors import lookup
-
-            lookup("dtype", self.dtype, DTYPES)
+        if self.dtype != "auto":  # fp32 / bf16 / fp16, any spelling of them
+            object.__setattr__(self, "dtype", dtype_name(self.dtype, ("fp32", "bf16", "fp16")))
 
 
 class QwenStyleProcessor:

@@ -34,6 +34,7 @@ import numpy as np
 from policies.cem import CEMConfig, plan_in_world_model, rollout_costs
 from wm_env.dataset.split import DataConfig, split_episodes
 from wm_env.errors import lookup
+from wm_env.options import WorldModelOptions
 from wm_env.spaces import ACTION_DIM
 
 DIMS = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
@@ -60,10 +61,9 @@ class ControllabilityConfig:
             ``true`` (the paper's: the recorded action; leaks the answer).
         pairs_per_call: pairs planned together in one batch (``pairs_per_call * cem.samples``
             rollouts per model call).
-        num_steps: denoising steps (default: the bundle's).
-        temperature: scale of the starting noise (default: the bundle's; 0 = deterministic).
+        wm: how the world model runs (:class:`wm_env.options.WorldModelOptions`; on the
+            command line ``--wm.num-steps``, ``--wm.device``).
         seed: seeds the pair draw, the CEM sampling and the model noise.
-        device: torch device.
     """
 
     bundle: Path = Path("models/default")
@@ -73,10 +73,8 @@ class ControllabilityConfig:
     cem: CEMConfig = field(default_factory=paper_cem)
     init: str = "zero"
     pairs_per_call: int = 1
-    num_steps: int | None = None
-    temperature: float | None = None
+    wm: WorldModelOptions = field(default_factory=WorldModelOptions)
     seed: int = 0
-    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.pairs < 1 or self.pairs_per_call < 1:
@@ -136,12 +134,7 @@ def evaluate_controllability(config: ControllabilityConfig, progress: bool = Tru
     from wm_env.dataset.lerobot import LeRobotDataset
     from wm_env.world_model import WorldModel
 
-    model = WorldModel.from_pretrained(
-        config.bundle,
-        device=config.device,
-        num_steps=config.num_steps,
-        temperature=config.temperature,
-    )
+    model = WorldModel.from_pretrained(config.bundle, config.wm)
     dataset = LeRobotDataset(config.data.dataset)
     pairs = held_out_pairs(dataset, config.data, config.pairs, config.seed)
     frames = {e: dataset.frames(e, config.data.camera) for e in sorted({e for e, _ in pairs})}

@@ -24,12 +24,13 @@ import numpy as np
 
 from policies.base import check_instruction, check_observation
 from wm_env.errors import lookup
+from wm_env.options import torch_dtype
 from wm_env.spaces import ACTION_DIM
 
 N_BINS = 256
 OPENVLA_PROMPT = "In: What action should the robot take to {instruction}?\nOut:"
 STARTUP_INSTRUCTION = "pick up the object"
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("fp32", "fp16", "bf16")  # the names of wm_env.options, any spelling of them
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -179,8 +180,7 @@ def _torch_dtype(dtype: Any):
 
     if isinstance(dtype, torch.dtype):
         return dtype
-    lookup("dtype", str(dtype), dict.fromkeys(DTYPES))
-    return getattr(torch, str(dtype))
+    return torch_dtype(dtype, DTYPES)
 
 
 def load_vlm(path: str | Path, trust_remote_code: bool = False, dtype: Any = "float32"):

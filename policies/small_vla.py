@@ -45,6 +45,7 @@ from torch.nn import functional as F
 from policies.action_bins import ActionBins
 from policies.base import check_instruction, check_observation
 from wm_env.errors import CorruptFileError
+from wm_env.options import dtype_name, torch_dtype
 from wm_env.spaces import ACTION_DIM
 
 POLICY_TYPE = "small_vla"
@@ -52,7 +53,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PAD, UNK = "<pad>", "<unk>"
 _WORD = re.compile(r"[a-z0-9]+")
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
+DTYPES = ("fp32", "fp64", "fp16")  # the names of wm_env.options, any spelling of them
 
 
 # ----------------------------------------------------------------------------- instructions
@@ -347,8 +348,7 @@ class SmallVLAPolicy:
         execute: int | None = None,
         ensemble: float | None = None,
     ) -> None:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
+        dtype = dtype_name(dtype, DTYPES)
         execute = model.config.execute if execute is None else int(execute)
         if not 1 <= execute <= model.config.chunk:
             raise ValueError(f"execute must be in 1..chunk={model.config.chunk}; got {execute}")
@@ -359,7 +359,7 @@ class SmallVLAPolicy:
         self._chunks: list[tuple[int, np.ndarray]] = []  # (step it was predicted at, (k, 7))
         self.device = torch.device(device)
         self.dtype = dtype
-        self.model = model.to(self.device, DTYPES[dtype]).eval()
+        self.model = model.to(self.device, torch_dtype(dtype)).eval()
         self.config = model.config
         self.vocab = vocab
         self.bins = ActionBins(self.config.num_bins)
@@ -427,7 +427,7 @@ class SmallVLAPolicy:
         """
         if len(images) != len(instructions):
             raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
-        dtype = DTYPES[self.dtype]
+        dtype = torch_dtype(self.dtype)
         x = prepare_images(torch.as_tensor(np.ascontiguousarray(images)), self.config.image_size)
         tokens = self.vocab.encode(list(instructions), self.config.max_words).to(self.device)
         g = None if gripper is None else torch.as_tensor(gripper, dtype=dtype, device=self.device)

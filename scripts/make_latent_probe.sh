@@ -18,7 +18,7 @@ THREADS=${THREADS:-2}
 
 $BIN/wmgym train probe --bundle "$BUNDLE" --out "$OUT" --data.dataset "$DATA" \
   --replay-bundle "$BUNDLE" --replay-episodes 720 --replay-inputs latents \
-  --replay-num-steps 1 --replay-dtype bf16 --runtime.threads "$THREADS"
+  --replay-wm.num-steps 1 --replay-wm.dtype bf16 --runtime.threads "$THREADS"
 # needs a finished agreement run's sim/ (wmgym bench agreement --seeds 0 1 2 3 4 5 6 7 ...)
 if [ -d "${SIM_DIR:-outputs/agreement_s8/sim}" ]; then
   $BIN/python -m benchmarks.replay_figures --sim-dir "${SIM_DIR:-outputs/agreement_s8/sim}" \

@@ -16,5 +16,5 @@ THREADS=${THREADS:-2}
 $BIN/wmgym train decoder --bundle "$BUNDLE" --name light --base-channels 16 \
   --data.dataset "$DATA" --run-dir runs/decoder_light --optim.steps 10000 \
   --optim.min-lr-ratio 0.1 --runtime.threads "$THREADS"
-$BIN/wmgym eval dynamics --bundle "$BUNDLE" --decoder light --data.dataset "$DATA" \
+$BIN/wmgym eval dynamics --bundle "$BUNDLE" --wm.decoder light --data.dataset "$DATA" \
   --max-episodes 160 --out docs/eval_light

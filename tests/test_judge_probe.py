@@ -24,6 +24,7 @@ from judges.probe import (
     instruction_ids,
     uniform_frame_indices,
 )
+from wm_env.options import WorldModelOptions
 
 SIZE, EPISODES = 32, 32
 INSTRUCTION = "push the red cube to the right"
@@ -315,8 +316,8 @@ def test_probe_trains_on_the_world_models_own_latents_of_its_replays(
 
     config = tiny_probe_config(
         labelled_bundle, labelled_dataset, tmp_path, 20, replay_bundle=labelled_bundle,
-        replay_episodes=10, replay_batch=4, replay_inputs="latents", replay_num_steps=1,
-        replay_dtype="bf16",
+        replay_episodes=10, replay_batch=4, replay_inputs="latents",
+        replay_wm=WorldModelOptions(num_steps=1, dtype="bf16"),
     )  # fmt: skip
     probe_dir = run_probe_stage(config, progress=False)
     section = read_config(probe_dir)["probe"]

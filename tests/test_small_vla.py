@@ -188,7 +188,7 @@ def test_policy_interface_save_load_and_bad_input(tmp_path):
 
     policy.save_pretrained(tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert config["type"] == "small_vla" and config["dtype"] == "float32"
+    assert config["type"] == "small_vla" and config["dtype"] == "fp32"  # one dtype vocabulary
     loaded = SmallVLAPolicy.from_pretrained(tmp_path / "ckpt")
     assert loaded.name == "tiny" and loaded.vocab.tokens == vocab.tokens
     images = np.stack([obs["image"]] * 3)

@@ -35,6 +35,7 @@ from train.stage_encoder import EncoderStageConfig, run_encoder_stage
 from wm_env.bundle import BundleError, bundle_sha256, file_sha256, read_config, update_config
 from wm_env.bundle import write_component as write_bundle_component
 from wm_env.dataset.split import DataConfig, dataset_fingerprint, load_split
+from wm_env.options import WorldModelOptions
 from wm_env.world_model import WorldModel, build_adapter_from_config, build_encoder_from_config
 
 
@@ -374,7 +375,7 @@ def test_a_named_decoder_is_used_only_when_asked(tiny_bundle, bundle_copy, blob_
                 max_episodes=1,
                 one_step_starts=2,
                 counterfactual=False,
-                decoder=name,
+                wm=WorldModelOptions(decoder=name),
             )
         )
         for name in (None, "light")

@@ -26,6 +26,7 @@ import torch
 from train.metrics import psnr, ssim
 from wm_env.dataset.lerobot import LeRobotDataset
 from wm_env.dataset.split import DataConfig, split_episodes
+from wm_env.options import WorldModelOptions
 from wm_env.viz import caption, grid, save_gif, upscale
 
 
@@ -40,13 +41,9 @@ class EvalConfig:
         max_episodes: held-out episodes used (rollouts start at their first frame).
         one_step_starts: one-step predictions per held-out episode (evenly spaced).
         counterfactual: run the action-faithfulness test (needs the sim).
-        num_steps: denoising steps (default: the bundle's).
-        temperature: scale of the starting noise (default: the bundle's; 0 = deterministic).
+        wm: how the world model runs (device, denoising steps, temperature, dtype, decoder:
+            :class:`wm_env.options.WorldModelOptions`; on the command line ``--wm.num-steps``).
         seed: sampling seed.
-        device: torch device.
-        dtype: autocast dtype of the model (``bf16``, ``fp16``; float32 when unset).
-        decoder: which of the bundle's decoders renders the frames (e.g. ``light``; default:
-            the bundle's own).
     """
 
     bundle: Path = Path("models/default")
@@ -56,12 +53,8 @@ class EvalConfig:
     max_episodes: int = 16
     one_step_starts: int = 8
     counterfactual: bool = True
-    num_steps: int | None = None
-    temperature: float | None = None
     seed: int = 0
-    device: str = "cpu"
-    dtype: str | None = None
-    decoder: str | None = None
+    wm: WorldModelOptions = field(default_factory=WorldModelOptions)
 
 
 def _metrics(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,14 +72,7 @@ def evaluate(config: EvalConfig) -> dict:
     """Run the evaluation; return (and write) the figures."""
     from wm_env.world_model import WorldModel
 
-    model = WorldModel.from_pretrained(
-        config.bundle,
-        device=config.device,
-        num_steps=config.num_steps,
-        temperature=config.temperature,
-        dtype=config.dtype,
-        decoder=config.decoder,
-    )
+    model = WorldModel.from_pretrained(config.bundle, config.wm)
     dataset = LeRobotDataset(config.data.dataset)
     _, val_ids = split_episodes(
         dataset.num_episodes, config.data.val_fraction, config.data.split_seed
@@ -142,8 +128,8 @@ def evaluate(config: EvalConfig) -> dict:
         "bundle": str(config.bundle),
         "temperature": model.temperature,
         "num_steps": model.num_steps,
-        "dtype": config.dtype or "fp32",
-        "decoder": config.decoder or "default",
+        "dtype": config.wm.dtype or "fp32",
+        "decoder": config.wm.decoder or "default",
         "residual_decoding": residual_decoding,
         "episodes": len(episodes),
         "one_step": {

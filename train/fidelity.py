@@ -45,6 +45,7 @@ from judges.state_readout import (
 from train.metrics import psnr, ssim
 from wm_env.dataset.lerobot import LeRobotDataset
 from wm_env.dataset.split import DataConfig, split_episodes
+from wm_env.options import WorldModelOptions
 from wm_env.sim.replay import EpisodeStates, dataset_states, project_to_pixels
 from wm_env.sim.tasks import TASK_COLORS, get_family
 
@@ -81,12 +82,9 @@ class FidelityConfig:
         batch_size: episodes rolled out together.
         lpips: also compute ST-LPIPS (needs ``stlpips-pytorch``).
         gif_episodes: episodes shown in the GIF grid.
-        num_steps: denoising steps (default: the bundle's).
-        temperature: starting-noise scale (default: the bundle's).
+        wm: how the world model runs (device, denoising steps, temperature, dtype, decoder:
+            :class:`wm_env.options.WorldModelOptions`; on the command line ``--wm.num-steps``).
         seed: sampling seed (episode ``e`` uses ``seed + e``: figures do not depend on batching).
-        device: torch device.
-        dtype: autocast dtype (``bf16``, ``fp16``; float32 when unset).
-        decoder: which of the bundle's decoders renders the frames.
         replay_workers: processes replaying episodes for their true states (cached).
     """
 
@@ -100,12 +98,8 @@ class FidelityConfig:
     batch_size: int = 32
     lpips: bool = True
     gif_episodes: int = 4
-    num_steps: int | None = None
-    temperature: float | None = None
     seed: int = 0
-    device: str = "cpu"
-    dtype: str | None = None
-    decoder: str | None = None
+    wm: WorldModelOptions = field(default_factory=WorldModelOptions)
     replay_workers: int = 2
 
     def __post_init__(self) -> None:
@@ -257,15 +251,8 @@ def evaluate_fidelity(config: FidelityConfig, progress: bool = True) -> dict:
     dataset = LeRobotDataset(config.data.dataset)
     episodes = select_episodes(dataset, config)
     require_decoder(config.bundle)
-    readout = load_readout(config.readout, config.device)
-    model = WorldModel.from_pretrained(
-        config.bundle,
-        device=config.device,
-        num_steps=config.num_steps,
-        temperature=config.temperature,
-        dtype=config.dtype,
-        decoder=config.decoder,
-    )
+    readout = load_readout(config.readout, config.wm.device)
+    model = WorldModel.from_pretrained(config.bundle, config.wm)
     truth_states = dataset_states(dataset, episodes, config.replay_workers, progress)
     lpips = None
     if config.lpips:
@@ -374,8 +361,8 @@ def _summarise(config, model, episodes, lengths, pix, errors, true_success) -> d
         "episode_steps": {str(k): int(v) for k, v in sorted(lengths.items())},
         "num_steps": model.num_steps,
         "temperature": model.temperature,
-        "dtype": config.dtype or "fp32",
-        "decoder": config.decoder or "default",
+        "dtype": config.wm.dtype or "fp32",
+        "decoder": config.wm.decoder or "default",
         "pixels": {},
         "states": {},
     }

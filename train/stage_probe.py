@@ -15,6 +15,7 @@ TPR and FPR on the held-out episodes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from train.loop import OptimConfig, RuntimeConfig, Trainer, batch_rng, config_di
 from train.stage_dynamics import encode_frames
 from wm_env.bundle import bundle_sha256, latent_space_hashes, read_config, write_component
 from wm_env.dataset.split import DataConfig, dataset_fingerprint, load_split
+from wm_env.options import WorldModelOptions
 from wm_env.world_model import build_adapter_from_config, build_encoder_from_config
 
 
@@ -64,9 +66,9 @@ class ProbeStageConfig:
             reads them by default) or ``latents`` (the world model's own latents of its
             replays, as the probe reads them with ``inputs="latents"``; nothing is decoded).
             The probe records it, and by default judges the way it was trained.
-        replay_num_steps: denoising steps of the replays (default: the bundle's). A probe for a
-            leaderboard run with ``--num-steps 1`` should see replays sampled that way.
-        replay_dtype: autocast dtype of the replays (``bf16``; default float32).
+        replay_wm: how the world model samples the replays (:class:`wm_env.options.
+            WorldModelOptions`; its device is the runtime's): ``--replay-wm.num-steps 1
+            --replay-wm.dtype bf16`` for a probe of leaderboards run that way.
         run_dir: checkpoints, latent cache, replay cache, loss log (default
             ``runs/<out name>/probe``).
     """
@@ -96,8 +98,7 @@ class ProbeStageConfig:
     replay_episodes: int = 0
     replay_batch: int = 16
     replay_inputs: str = "frames"
-    replay_num_steps: int | None = None
-    replay_dtype: str | None = None
+    replay_wm: WorldModelOptions = field(default_factory=WorldModelOptions)
     run_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -105,8 +106,6 @@ class ProbeStageConfig:
             from wm_env.errors import lookup
 
             lookup("replay inputs", self.replay_inputs, dict.fromkeys(INPUTS))
-        if self.replay_num_steps is not None and self.replay_num_steps < 1:
-            raise ValueError(f"replay_num_steps must be >= 1; got {self.replay_num_steps}")
         if self.replay_episodes < 0 or self.replay_batch < 1:
             raise ValueError(
                 f"need replay_episodes >= 0 and replay_batch >= 1; got {self.replay_episodes}, {self.replay_batch}"
@@ -210,12 +209,10 @@ def replay_arrays(
         arrays["frames"][starts],
         actions,
         seed=config.runtime.seed,
-        device=config.runtime.device,
+        wm=dataclasses.replace(config.replay_wm, device=config.runtime.device),
         batch=config.replay_batch,
         progress=progress,
         latents=config.replay_inputs == "latents",
-        num_steps=config.replay_num_steps,
-        dtype=config.replay_dtype,
     )
     if (
         config.replay_inputs == "frames"
@@ -343,8 +340,8 @@ def run_probe_stage(config: ProbeStageConfig, progress: bool = True) -> Path:
                 "bundle_sha256": bundle_sha256(config.replay_bundle),
                 "episodes": len(replays.lengths),
                 "inputs": config.replay_inputs,
-                "num_steps": config.replay_num_steps,
-                "dtype": config.replay_dtype,
+                "num_steps": config.replay_wm.num_steps,
+                "dtype": config.replay_wm.dtype,
             }
         }
         episodes = episodes.extended(replays)

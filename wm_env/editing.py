@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from wm_env.errors import CorruptFileError, UnknownNameError, lookup, unknown_name_message
+from wm_env.options import torch_dtype
 from wm_env.sim.tasks import DISTRACTOR_COLORS, DISTRACTOR_KINDS, TASK_COLORS
 
 SEED_BOUND = 2**31 - 1  # edit seeds are drawn in [0, SEED_BOUND) so torch accepts them
@@ -673,9 +674,7 @@ def check_pipeline_dir(path: str | Path) -> Path:
 def _torch_dtype(torch, dtype):
     if dtype is None or not isinstance(dtype, str):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16}
-    names |= {"fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    return lookup("dtype", dtype, names)
+    return torch_dtype(dtype, ("fp32", "fp16", "bf16"))
 
 
 class _DiffusionEditor(BaseEditor):

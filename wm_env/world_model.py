@@ -38,6 +38,7 @@ from wm_env.bundle import (
     load_weights,
     verify,
 )
+from wm_env.options import WorldModelOptions, torch_dtype
 from wm_env.spaces import ACTION_DIM
 
 # ---------------------------------------------------------------------- component builders
@@ -141,12 +142,6 @@ def cast_matmul_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn
 
 
 DECODE_CHUNK_CPU = 8  # frames per decoder call on CPU (see WorldModel.decode)
-# Autocast dtypes of WorldModel.from_pretrained(dtype=...): None and "fp32" run in float32.
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
-    "fp32": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
 
 
 def normalize_actions(
@@ -320,16 +315,14 @@ class WorldModel:
     def from_pretrained(
         cls,
         path: str | os.PathLike,
-        device: str | torch.device = "cpu",
-        num_steps: int | None = None,
-        use_cache: bool = True,
-        compile: bool = False,
-        dtype: str | None = None,
-        temperature: float | None = None,
-        residual_decoding: bool = True,
-        decoder: str | None = None,
+        options: WorldModelOptions | dict[str, Any] | None = None,
+        **settings: Any,
     ) -> WorldModel:
         """Load and verify a bundle directory (every weight file's size and SHA-256).
+
+        How it runs is a :class:`wm_env.options.WorldModelOptions`, given whole (``options``),
+        as a dict, or as its fields by name (``from_pretrained(path, num_steps=2)``), the
+        names on top of ``options``.
 
         ``dtype`` is the autocast dtype of sampling, encoding and decoding: None or ``"fp32"``
         (float32), ``"bf16"`` or ``"fp16"``. With a low dtype the linear and convolution
@@ -342,6 +335,7 @@ class WorldModel:
         default; ``"encoder"``, the encoder's own decoder; another name, the bundle's pixel
         decoder of that name (models/default has ``"light"``, 5x cheaper per frame).
         """
+        options = WorldModelOptions.build(options, **settings)
         config = verify(path)
         for section in ("encoder", "dynamics", "actions"):
             if section not in config:
@@ -357,20 +351,18 @@ class WorldModel:
                 f"{path}: the dynamics model was trained on other encoder/adapter weights than the bundle now holds; "
                 f"retrain it (`wmgym train dynamics --bundle {path}`)"
             )
-        device = torch.device(device)
+        device = torch.device(options.device)
         dit = build_dit_from_config(config, path, device)
-        if compile:
+        if options.compile:
             dit = torch.compile(dit)
-        from wm_env.errors import lookup
-
-        torch_dtype = None if dtype is None else lookup("dtype", dtype, AUTOCAST_DTYPES)
+        low = None if options.dtype in (None, "fp32") else torch_dtype(options.dtype)
         encoder = build_encoder_from_config(config, path, device)
         adapter = build_adapter_from_config(config, path, device)
-        pixel_decoder = build_pixel_decoder_from_config(config, path, device, decoder)
-        if torch_dtype is not None:
+        pixel_decoder = build_pixel_decoder_from_config(config, path, device, options.decoder)
+        if low is not None:
             for part in (encoder, adapter, pixel_decoder, dit):
                 if part is not None:
-                    cast_matmul_weights(part, torch_dtype)
+                    cast_matmul_weights(part, low)
         return cls(
             path,
             config,
@@ -380,12 +372,12 @@ class WorldModel:
             dit,
             build_scheduler_from_config(config),
             device,
-            num_steps=num_steps,
-            use_cache=use_cache,
-            dtype=torch_dtype,
-            temperature=temperature,
-            residual_decoding=residual_decoding,
-            decoder=decoder,
+            num_steps=options.num_steps,
+            use_cache=options.use_cache,
+            dtype=low,
+            temperature=options.temperature,
+            residual_decoding=options.residual_decoding,
+            decoder=options.decoder,
         )
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:

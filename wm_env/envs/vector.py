@@ -19,6 +19,7 @@ from gymnasium.vector.utils import batch_space
 
 from wm_env.envs.starts import StartSet
 from wm_env.envs.world_model_env import load_world_model, pick_start, start_states
+from wm_env.options import WorldModelOptions
 from wm_env.spaces import action_space, observation_space
 
 
@@ -43,12 +44,8 @@ class WorldModelVectorEnv(VectorEnv):
         starts,
         max_episode_steps: int | None = None,
         render_mode: str | None = None,
-        num_steps: int | None = None,
-        temperature: float | None = None,
-        device: str = "cpu",
-        use_cache: bool = True,
-        dtype: str | None = None,
-        decoder: str | None = None,
+        options: WorldModelOptions | dict[str, Any] | None = None,
+        **settings: Any,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1; got {num_envs}")
@@ -56,9 +53,7 @@ class WorldModelVectorEnv(VectorEnv):
             raise ValueError(
                 f"render_mode must be one of {self.metadata['render_modes']}; got {render_mode!r}"
             )
-        self.model = load_world_model(
-            model, device, num_steps, temperature, use_cache, dtype, decoder
-        )
+        self.model = load_world_model(model, WorldModelOptions.build(options, **settings))
         self.starts = StartSet.load(starts)
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps

@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 
 from wm_env.envs.starts import Start, StartSet, checked_state, resize_frames
+from wm_env.options import WorldModelOptions
 from wm_env.spaces import action_space, checked_instruction, observation_space, validate_action
 
 
@@ -36,28 +37,15 @@ class Timing:
         return f"Timing({self.seconds:.4f} s)"
 
 
-def load_world_model(
-    model,
-    device: str = "cpu",
-    num_steps: int | None = None,
-    temperature: float | None = None,
-    use_cache: bool = True,
-    dtype: str | None = None,
-    decoder: str | None = None,
-):
+def load_world_model(model, options: WorldModelOptions | None = None):
     """A :class:`~wm_env.world_model.WorldModel` from a bundle path (or the instance itself)."""
     from wm_env.world_model import WorldModel
 
+    options = options or WorldModelOptions()
     if isinstance(model, WorldModel):
-        ignored = {
-            "num_steps": num_steps,
-            "temperature": temperature,
-            "dtype": dtype,
-            "decoder": decoder,
-        }
-        ignored = {name: value for name, value in ignored.items() if value is not None}
-        if not use_cache:
-            ignored["use_cache"] = use_cache
+        ignored = options.non_defaults()
+        if str(model.device) == options.device:
+            ignored.pop("device", None)
         if ignored:
             settings = ", ".join(f"{name}={value!r}" for name, value in ignored.items())
             raise ValueError(
@@ -69,15 +57,7 @@ def load_world_model(
         raise TypeError(
             f"model must be a bundle directory or a WorldModel; got {type(model).__name__}"
         )
-    return WorldModel.from_pretrained(
-        model,
-        device=device,
-        num_steps=num_steps,
-        temperature=temperature,
-        use_cache=use_cache,
-        dtype=dtype,
-        decoder=decoder,
-    )
+    return WorldModel.from_pretrained(model, options)
 
 
 def pick_start(
@@ -175,10 +155,10 @@ class WorldModelEnv(gym.Env):
 
     ## Arguments
     model (bundle directory or WorldModel), starts (dataset dir, PNG+JSON folder, list of
-    frames/dicts, or StartSet), render_mode (``"rgb_array"``), num_steps (denoising steps),
-    temperature (noise scale), device, use_cache, dtype (autocast: ``"bf16"``, ``"fp16"`` or
-    float32 by default), decoder (which of the bundle's decoders renders the frames, e.g.
-    ``"light"``; default: the bundle's own).
+    frames/dicts, or StartSet), render_mode (``"rgb_array"``), and how the model runs: a
+    :class:`wm_env.options.WorldModelOptions` (``options=``), or its fields by name (device,
+    num_steps, temperature, dtype, decoder, use_cache, compile, residual_decoding), e.g.
+    ``gym.make("wm_env/WorldModel-v0", model=..., starts=..., num_steps=2, dtype="bf16")``.
 
     ``info`` of every step: ``latent`` (L, D) of the new frame, ``generation_seconds``,
     ``denoising_steps``, ``action_clipped``, ``start_id``.
@@ -191,20 +171,14 @@ class WorldModelEnv(gym.Env):
         model,
         starts,
         render_mode: str | None = None,
-        num_steps: int | None = None,
-        temperature: float | None = None,
-        device: str = "cpu",
-        use_cache: bool = True,
-        dtype: str | None = None,
-        decoder: str | None = None,
+        options: WorldModelOptions | dict[str, Any] | None = None,
+        **settings: Any,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be one of {self.metadata['render_modes']}; got {render_mode!r}"
             )
-        self.model = load_world_model(
-            model, device, num_steps, temperature, use_cache, dtype, decoder
-        )
+        self.model = load_world_model(model, WorldModelOptions.build(options, **settings))
         self.starts = StartSet.load(starts)
         self.render_mode = render_mode
         height, width = self.model.image_size
