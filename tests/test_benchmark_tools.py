@@ -1,8 +1,9 @@
-"""benchmarks/fidelity_compare.py: several fidelity runs in one table."""
+"""Small benchmark tools: fidelity_compare (fidelity runs in one table), bundle_cost."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -39,3 +40,16 @@ def test_the_table_has_a_row_per_run_and_the_copy_baseline(tmp_path):
         comparison_table({"x": tmp_path})
     with pytest.raises(SystemExit):
         main(["no-equals-sign"])
+
+
+def test_bundle_cost_times_each_bundle_and_writes_the_ratio(tiny_bundle, tmp_path):
+    from benchmarks.bundle_cost import main as bundle_cost
+
+    out, other = tmp_path / "cost", shutil.copytree(tiny_bundle, tmp_path / "copy")
+    figures = bundle_cost([str(tiny_bundle), str(other), "--batch", "2", "--steps", "1",
+                           "--rounds", "2", "--out", str(out)])  # fmt: skip
+    assert list(figures["ratio_to_first"]) == [str(tiny_bundle), str(other)]
+    assert figures["ratio_to_first"][str(tiny_bundle)] == 1.0
+    assert all(ms > 0 for ms in figures["ms_per_frame"].values())
+    assert json.loads(out.with_suffix(".json").read_text()) == figures
+    assert "| ratio to the first |" in out.with_suffix(".md").read_text()
