@@ -92,10 +92,17 @@ def test_world_model_step_adds_the_mean_to_the_sampled_residual(tiny_bundle, mon
     last = wm.latest_latents.clone()
     monkeypatch.setattr(wm, "_sample", lambda state, cond: torch.zeros(2, 1, *wm.latent_shape))
     mean = torch.full(wm.latent_shape, 0.5)
-    monkeypatch.setattr(wm.dit.mean_head, "forward", lambda context, action: mean.expand(2, -1, -1))
+    anchors = []
+
+    def constant_mean(context, action, anchor=None):
+        anchors.append(anchor)
+        return mean.expand(2, -1, -1)
+
+    monkeypatch.setattr(wm.dit.mean_head, "forward", constant_mean)
     wm.step(np.zeros((2, 7), dtype=np.float32), decode=False)
     expected = last + 0.5 * (wm.delta_std / wm.latent_std)
     assert torch.allclose(wm.latest_latents, expected, atol=1e-6)
+    assert anchors == [None]  # a head without the anchor is not given one
 
 
 def _rollout_data(seed: int = 0):

@@ -268,7 +268,8 @@ def unrolled_mean_loss(
     """Summed MSE of the mean head over ``steps`` more frames of its own rollout.
 
     Args:
-        mean_head: ``(context (B, l, L, D), condition (B, A)) -> (B, L, D)`` in target units.
+        mean_head: ``(context (B, l, L, D), condition (B, A)[, anchor (B, L, D)]) -> (B, L, D)``
+            in target units (the anchor is passed only when given).
         first: its prediction ``(B, L, D)`` of the frame after the context (already scored).
         context_rows: ``(B, l)`` rows of the true context frames in ``latents``.
         latents: normalised latents ``(N, L, D)``; actions: env actions ``(N, 7)``.
@@ -294,7 +295,8 @@ def unrolled_mean_loss(
         condition = normalize_actions(actions[action_rows], action_stats, frame_skip)[:, 0]
         if states is not None:
             condition = torch.cat([condition, states[true_row]], dim=1)  # (B, A + S)
-        prediction = mean_head(noisy(context), condition, anchor)
+        extra = () if anchor is None else (anchor,)  # the head's contract: (context, condition)
+        prediction = mean_head(noisy(context), condition, *extra)
         target = latents[true_row]
         if delta_scale is not None:
             target = (target - frame) / delta_scale
