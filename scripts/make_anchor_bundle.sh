@@ -8,6 +8,9 @@
 #
 #   bash scripts/make_anchor_bundle.sh            # train both, fit both heads, evaluate both
 #
+# Run on rung 1 of models/state (git 6da7deb) it made the anchored rung; models/state is now
+# that rung (plus 30 minutes, models/state/README.md), so run again it is the next rung of the
+# ladder (the bundle is anchored already: --init-from loads it as it is).
 # Every step resumes when re-run (training by checkpoint; a finished run rewrites its bundle).
 set -euo pipefail
 cd "$(dirname "$0")/.."
