@@ -243,7 +243,8 @@ class RestPolicyClient:
         self._new_episode = True
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
-        """Send the image and instruction; return float32 ``(7,)`` (or ``(k, 7)`` for a chunk).
+        """Send the image, instruction and (if the observation has one) the proprio ``state``;
+        return float32 ``(7,)`` (or ``(k, 7)`` for a chunk).
 
         Raises:
             ValueError: a malformed observation (checked before anything is sent).
@@ -253,6 +254,8 @@ class RestPolicyClient:
 
         image, instruction = check_observation(obs)
         payload: dict[str, Any] = {"image": image, "instruction": instruction}
+        if obs.get("state") is not None:  # proprio, for servers whose policy reads it
+            payload["state"] = np.asarray(obs["state"], np.float32)
         if self.unnorm_key is not None:
             payload["unnorm_key"] = self.unnorm_key
         if self._new_episode:

@@ -6,7 +6,8 @@
         client = RestPolicyClient(server.url)
 
 REST (FastAPI + uvicorn, as OpenVLA's deploy script): ``POST /act`` with a json-numpy body
-``{"image": uint8 (H, W, 3), "instruction": str, "unnorm_key": optional, "reset": optional}``
+``{"image": uint8 (H, W, 3), "instruction": str, "unnorm_key": optional, "reset": optional,
+"state": optional float (S,) proprio (ours: 8-D, ``wm_env.spaces.STATE_NAMES``)}``
 -> the json-numpy encoded action ``(7,)`` (or the policy's chunk ``(k, 7)``). A body that is not
 JSON gets 400; a missing image, an image of the wrong dtype or shape or an empty instruction
 get 422; a body over 32 MiB gets 413; a policy that fails gets 500; each with a message.
@@ -111,6 +112,17 @@ def parse_act_request(body: bytes) -> tuple[dict[str, Any], bool]:
         if not isinstance(unnorm_key, str):
             raise RequestError(422, f"'unnorm_key' must be a string; got {unnorm_key!r}")
         obs["unnorm_key"] = unnorm_key
+    state = payload.get("state")
+    if state is not None:
+        try:
+            state = np.asarray(state, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise RequestError(422, f"'state' must be a list of numbers: {exc}") from exc
+        if state.ndim != 1 or not 1 <= state.size <= 64 or not np.isfinite(state).all():
+            raise RequestError(
+                422, f"'state' must be a finite 1-D vector of 1 to 64 numbers; got {state.shape}"
+            )
+        obs["state"] = state
     reset = payload.get("reset", False)
     if not isinstance(reset, bool):
         raise RequestError(422, f"'reset' must be true or false; got {reset!r}")

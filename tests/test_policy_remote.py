@@ -132,6 +132,19 @@ def test_rest_client_gets_the_served_policys_action(rest_server):
     assert requests.get(f"{server.url}/healthz", timeout=5).json()["policy"] == "echo"
 
 
+def test_rest_passes_the_proprio_state_on_and_checks_it(rest_server):
+    server, policy = rest_server
+    state = np.arange(8, dtype=np.float32) / 10
+    RestPolicyClient(server.url).act(observation(state=state))
+    np.testing.assert_array_equal(policy.seen[-1]["state"], state)
+    RestPolicyClient(server.url).act(observation())
+    assert "state" not in policy.seen[-1]  # none sent: none made up
+    for bad in ([[1.0, 2.0]], ["a"], [float("nan")], []):
+        body = encode_json({"image": observation()["image"], "instruction": "x", "state": bad})
+        response = requests.post(f"{server.url}/act", data=body, timeout=5)
+        assert response.status_code == 422 and "'state'" in response.json()["error"], bad
+
+
 def test_rest_server_resets_on_new_episodes_and_instructions(rest_server):
     server, policy = rest_server
     client = RestPolicyClient(server.url, unnorm_key="bridge_orig")
