@@ -331,6 +331,13 @@ KEY_MAPS: dict[str, dict[str, str]] = {
         "state": "observation/state",
         "instruction": "prompt",
     },
+    # openpi's DROID example: an exterior and a wrist camera, 7 joint angles, the gripper
+    "droid": {
+        "image": "observation/exterior_image_1_left",
+        "image_wrist": "observation/wrist_image_left",
+        "state": "observation/gripper_position",
+        "instruction": "prompt",
+    },
 }
 FILL: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     # LIBERO policies expect a wrist view and the 8-D proprio state; where our observation has
@@ -339,6 +346,14 @@ FILL: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "observation/wrist_image": lambda image: np.zeros_like(image),
     "observation/state": lambda image: np.zeros(8, np.float32),
 }
+DROID_FILL: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    # our 8-D state has no joint angles: DROID policies get zeros (they see less than trained on)
+    "observation/wrist_image_left": lambda image: np.zeros_like(image),
+    "observation/joint_position": lambda image: np.zeros(7, np.float32),
+    "observation/gripper_position": lambda image: np.zeros(1, np.float32),
+}
+FILLS = {"libero": FILL, "droid": DROID_FILL}
+PANDA_MAX_OPENING_M = 0.08  # the Panda's fingers open 4 cm each
 
 
 def quaternion_to_axis_angle(quaternion: np.ndarray) -> np.ndarray:
@@ -364,7 +379,19 @@ def libero_state(state: np.ndarray) -> np.ndarray:
 
 
 # values converted from our layout into the server's (by the server's key)
-CONVERT: dict[str, Callable[[np.ndarray], np.ndarray]] = {"observation/state": libero_state}
+def droid_gripper(state: np.ndarray) -> np.ndarray:
+    """Our 8-D state -> DROID's ``observation/gripper_position``: how closed the gripper is,
+    ``(1,)`` in [0, 1] (0 open, 1 closed), from our opening in metres."""
+    state = np.asarray(state, np.float64)
+    if state.shape != (8,):
+        raise ValueError(f"state must be our 8-D proprio layout; got shape {state.shape}")
+    return np.array([np.clip(1.0 - state[7] / PANDA_MAX_OPENING_M, 0.0, 1.0)], np.float32)
+
+
+CONVERT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "observation/state": libero_state,
+    "observation/gripper_position": droid_gripper,
+}
 
 
 class WebsocketPolicyClient:
@@ -376,10 +403,11 @@ class WebsocketPolicyClient:
 
     Args:
         url: ``ws://host:port``.
-        key_map: our observation key -> the server's key (``"libero"`` or a dict; our
-            ``instruction`` is the one for the prompt).
+        key_map: our observation key -> the server's key (``"libero"``, ``"droid"`` or a dict;
+            our ``instruction`` is the one for the prompt).
         fill: server key -> function of our main image giving the value to send when our
-            observation has no such key (default: :data:`FILL`, black wrist image, zero state).
+            observation has no such key (default: the named map's, :data:`FILLS`, black wrist
+            image and zero state; :data:`FILL` for a dict).
         timeout: seconds for the handshake and for each answer.
         retries, backoff: reconnect attempts after a connection error and the first wait.
         name: the policy's name in results (default ``ws:<url>``).
@@ -403,7 +431,8 @@ class WebsocketPolicyClient:
         )
         if "image" not in self.key_map or "instruction" not in self.key_map:
             raise ValueError(f"key_map must map 'image' and 'instruction'; got {self.key_map}")
-        self.fill = dict(FILL if fill is None else fill)
+        default_fill = FILLS.get(key_map, FILL) if isinstance(key_map, str) else FILL
+        self.fill = dict(default_fill if fill is None else fill)
         self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
         self.name = name or f"ws:{url}"
         self._connection: Any = None

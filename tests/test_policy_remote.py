@@ -423,6 +423,25 @@ def test_our_state_reaches_libero_servers_in_their_layout():
     np.testing.assert_array_equal(client.request(observation())["observation/state"], np.zeros(8))
 
 
+def test_websocket_client_maps_keys_for_droid_servers():
+    from policies.remote import droid_gripper
+
+    with PolicyServer(Echo(), port=0, protocol="websocket") as server:
+        with WebsocketPolicyClient(server.url, key_map="droid", retries=0, timeout=5) as client:
+            state = np.array([0.1, -0.2, 0.9, 0, 0, 0, 1, 0.02], np.float32)  # a quarter closed
+            request = client.request({**observation(), "state": state})
+    assert sorted(request) == [
+        "observation/exterior_image_1_left", "observation/gripper_position",
+        "observation/joint_position", "observation/wrist_image_left", "prompt",
+    ]  # fmt: skip
+    np.testing.assert_allclose(request["observation/gripper_position"], [0.75])
+    np.testing.assert_array_equal(request["observation/joint_position"], np.zeros(7))
+    assert not request["observation/wrist_image_left"].any()  # no wrist camera: black
+    np.testing.assert_allclose(droid_gripper(np.r_[np.zeros(7), 0.2]), [0.0])  # clipped
+    with pytest.raises(ValueError, match="8-D"):
+        droid_gripper(np.zeros(2))
+
+
 def test_websocket_client_maps_keys_for_libero_servers():
     client = WebsocketPolicyClient.__new__(WebsocketPolicyClient)  # no connection: mapping only
     client.key_map = {
