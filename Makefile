@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export MUJOCO_GL ?= egl
 
-.PHONY: setup demo demo-sim test test-all lint figures
+.PHONY: setup demo demo-sim test test-all lint figures interop
 
 setup: $(VENV)/.installed
 
@@ -16,10 +16,13 @@ demo: setup  # the default leaderboard on the embedded bundle (benchmarks/suites
 demo-sim: setup  # the scripted experts in the ground-truth sim (GIF grid)
 	$(BIN)/wmgym demo sim
 
-test: setup
+test: setup interop
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
-test-all: setup
+interop:  # the published clients whose pins clash with ours, in their own venv
+	bash scripts/interop_venv.sh
+
+test-all: setup interop
 	$(BIN)/python -m pytest -q --durations=10
 
 lint: setup
