@@ -150,12 +150,12 @@ class StateRollout:
     def recent_actions(self, rows: torch.Tensor, count: int) -> torch.Tensor:
         """``(B, count, A)`` the conditions of the ``count`` actions up to rows ``rows`` (B,),
         oldest first; those before an episode's start are the null action."""
+        from wm_env.model.dit import null_actions
+
         index = rows[:, None] + torch.arange(1 - count, 1)  # (B, count)
         before = index < self.firsts[rows][:, None]
         out = self.conditions[index.clamp(min=0)].clone()
-        null = torch.zeros_like(out[0, 0])
-        null[-1] = 1.0
-        out[before] = null
+        out[before] = null_actions(1, 1, out.shape[-1], dtype=out.dtype)[0, 0]
         return out
 
     @torch.no_grad()

@@ -160,8 +160,12 @@ class StateHead(nn.Module):
                 f"got {tuple(action.shape)}"
             )
         if action.shape[1] < self.actions:
-            null = action.new_zeros(B, self.actions - action.shape[1], self.action_dim)
-            null[..., -1] = 1.0
+            from wm_env.model.dit import null_actions
+
+            missing = self.actions - action.shape[1]
+            null = null_actions(
+                B, missing, self.action_dim, device=action.device, dtype=action.dtype
+            )
             action = torch.cat([null, action], dim=1)
         if given < self.history:
             states = torch.cat([states[:, :1].expand(B, self.history - given, S), states], dim=1)
