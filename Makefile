@@ -26,7 +26,7 @@ test-all: setup interop
 	$(BIN)/python -m pytest -q --durations=10
 
 lint: setup
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 figures: setup
 	$(BIN)/python -m benchmarks.sim_figures

@@ -67,3 +67,35 @@ def test_running_a_bundle_loads_no_training_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def lint_imports(cwd: Path) -> subprocess.CompletedProcess:
+    """import-linter (a dev dependency) on the ``[tool.importlinter]`` contract in ``cwd``."""
+    assert LINT_IMPORTS.exists(), "import-linter is a dev dependency: run `make setup`"
+    env = {"PATH": str(LINT_IMPORTS.parent), "PYTHONPATH": str(cwd)}
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"], capture_output=True, text=True, cwd=cwd, env=env
+    )
+
+
+def test_import_linter_keeps_the_layers_contract():
+    out = lint_imports(ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 kept, 0 broken" in out.stdout
+
+
+def test_the_import_linter_contract_catches_an_import_that_points_up(tmp_path):
+    """The project's own contract, on stand-in packages where the runtime imports training."""
+    config = (ROOT / "pyproject.toml").read_text()
+    (tmp_path / "pyproject.toml").write_text(config[config.index("[tool.importlinter]") :])
+    for package in ALLOWED:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "wm_env" / "runtime.py").write_text("def f():\n    from train import loop\n")
+    (tmp_path / "train" / "loop.py").write_text("")
+    out = lint_imports(tmp_path)
+    assert out.returncode != 0
+    assert "wm_env.runtime -> train.loop" in out.stdout
