@@ -281,7 +281,7 @@ def test_state_head_stage_fits_the_head_alone_and_rewrites_only_it(
         window_starts,
     )
 
-    assert window_starts(np.array([0, 5]), np.array([5, 3]), 4).tolist() == [0, 1]
+    assert window_starts(np.array([0, 5]), np.array([5, 3]), 2).tolist() == [0, 1, 2, 5]
     bundle = shutil.copytree(state_bundle, tmp_path / "bundle")
     before = load_file(bundle / "dynamics.safetensors")
     config = StateHeadStageConfig(bundle=bundle, data=DataConfig(dataset=blob_dataset, val_fraction=0.34),
@@ -332,6 +332,40 @@ def test_state_head_fit_through_time_trains_each_step_for_the_steps_after_it(
     figures = run_state_head_stage(config, progress=False)
     assert figures["fit_loss_after"] < 0.5 * figures["fit_loss_before"]
     assert read_config(bundle)["dynamics"]["state_head_fit"]["through_time"] is True
+
+
+def test_a_state_head_window_at_an_episode_start_repeats_the_first_state_as_the_runtime_does(
+    state_bundle, blob_dataset, tmp_path
+):
+    from train.stage_state_head import StateHeadStageConfig, StateRollout, run_state_head_stage
+
+    states = np.arange(24, dtype=np.float32).reshape(12, 2)
+    arrays = {"states": states, "actions": np.zeros((12, 7), np.float32),
+              "starts": np.array([0, 6]), "lengths": np.array([6, 6])}  # fmt: skip
+    norm = StateNormalizer({"state_mean": [0.0, 0.0], "state_std": [1.0, 1.0],
+                            "state_delta_std": [1.0, 1.0]})  # fmt: skip
+    rollout = StateRollout(arrays, norm, {"q01": [-1.0] * 7, "q99": [1.0] * 7}, 8, history=2)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        actions = 1
+
+        def forward(self, context, action):
+            seen.append(context.clone())
+            return torch.zeros(context.shape[0], 2)
+
+    rollout.loss(Recorder(), torch.tensor([6, 8]), 1)
+    # the second episode's first row: its own first state twice, not the first episode's last
+    assert seen[0][0].tolist() == [[12.0, 13.0], [12.0, 13.0]]
+    assert seen[0][1].tolist() == [[14.0, 15.0], [16.0, 17.0]]
+    with pytest.raises(ValueError, match="start_fraction"):
+        StateHeadStageConfig(start_fraction=1.5)
+    bundle = shutil.copytree(state_bundle, tmp_path / "bundle")
+    config = StateHeadStageConfig(bundle=bundle, data=DataConfig(dataset=blob_dataset, val_fraction=0.34),
+                                  steps=200, batch_size=64, unroll=6, start_fraction=1.0)  # fmt: skip
+    figures = run_state_head_stage(config, progress=False)
+    assert figures["fit_loss_after"] < figures["fit_loss_before"]
+    assert read_config(bundle)["dynamics"]["state_head_fit"]["start_fraction"] == 1.0
 
 
 def test_a_state_head_reads_the_last_actions_with_null_ones_before_the_start():

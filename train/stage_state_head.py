@@ -41,6 +41,10 @@ class StateHeadStageConfig:
         packed: a packed-latents file holding the states (``wmgym train pack``).
         steps, batch_size, lr: AdamW steps (cosine decay to a tenth), windows per step, rate.
         unroll: steps of its own rollout each window is scored over.
+        start_fraction: share of each batch's windows that begin at an episode's first frame,
+            its state repeated as history, as every runtime rollout begins (the first step from
+            rest moves the arm 7 cm on average, a transient that windows drawn anywhere show
+            once per episode); the rest begin at any frame.
         actions: actions the head reads (the new one and the ones before it; see
             :class:`wm_env.model.state_head.StateHead`); None keeps the bundle's. A head given
             more starts as the bundle's (the older actions' weights at zero).
@@ -60,9 +64,12 @@ class StateHeadStageConfig:
     unroll: int = 8
     actions: int | None = None
     through_time: bool = False
+    start_fraction: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.start_fraction <= 1.0:
+            raise ValueError(f"start_fraction must be in [0, 1]; got {self.start_fraction}")
         if self.actions is not None and self.actions < 1:
             raise ValueError(f"actions must be >= 1; got {self.actions}")
         if self.steps < 1 or self.batch_size < 1 or self.unroll < 1 or self.lr <= 0:
@@ -104,10 +111,10 @@ def split_arrays(config: StateHeadStageConfig, space: str) -> tuple[dict, dict |
     return arrays(train_ids), arrays(val_ids)
 
 
-def window_starts(starts: np.ndarray, lengths: np.ndarray, span: int) -> np.ndarray:
-    """Rows where a window of ``span`` frames fits inside its episode."""
+def window_starts(starts: np.ndarray, lengths: np.ndarray, unroll: int) -> np.ndarray:
+    """Rows from which ``unroll`` steps stay inside their episode (the first steps from there)."""
     rows = [
-        np.arange(s, s + n - span + 1) for s, n in zip(starts, lengths, strict=True) if n >= span
+        np.arange(s, s + n - unroll) for s, n in zip(starts, lengths, strict=True) if n > unroll
     ]
     return np.concatenate(rows) if rows else np.empty(0, np.int64)
 
@@ -130,14 +137,16 @@ class StateRollout:
     def loss(
         self, head, rows: torch.Tensor, steps: int, through_time: bool = False
     ) -> torch.Tensor:
-        """Mean MSE (delta units) over ``steps`` of the head's own rollout from ``rows``
-        (each step's predicted state against the true one); ``through_time`` keeps the rollout
-        in the graph instead of detaching each step's start."""
-        history = self.history
-        context = self.states[rows[:, None] + torch.arange(history)]  # (B, l, S) true start
+        """Mean MSE (delta units) over ``steps`` of the head's own rollout from ``rows`` (B,),
+        the frames it first steps from, with the true states before them as history (the
+        episode's first repeated before its start, as the runtime starts); each step's predicted
+        state is scored against the true one. ``through_time`` keeps the rollout in the graph
+        instead of detaching each step's start."""
+        index = rows[:, None] + torch.arange(1 - self.history, 1)  # (B, l)
+        context = self.states[torch.maximum(index, self.firsts[rows][:, None])]  # (B, l, S)
         total = context.new_zeros(())
         for k in range(steps):
-            now = rows + history - 1 + k  # (B,) the row of the frame the head steps from
+            now = rows + k  # (B,) the row of the frame the head steps from
             change = head(context, self.recent_actions(now, head.actions))
             target = (self.states[now + 1] - context[:, -1]) / self.scale  # back to the truth
             total = total + F.mse_loss(change, target)
@@ -216,9 +225,13 @@ def run_state_head_stage(config: StateHeadStageConfig, progress: bool = True) ->
     stats = bundle_config["actions"]["stats"]
     args = (norm, stats, dit.config.action_dim, dit.config.mean_head_history)
     fit, held_out = StateRollout(train, *args), StateRollout(val, *args)
-    span = dit.config.mean_head_history + config.unroll
-    windows = torch.from_numpy(window_starts(train["starts"], train["lengths"], span))
+    windows = torch.from_numpy(window_starts(train["starts"], train["lengths"], config.unroll))
+    firsts = torch.from_numpy(train["starts"][train["lengths"] > config.unroll])
+    if not len(windows):
+        raise ValueError(f"no training episode is longer than unroll={config.unroll} steps")
     fixed = windows[torch.linspace(0, len(windows) - 1, min(4096, len(windows))).long()]
+    at_start = round(config.start_fraction * len(fixed))  # drawn as the batches are
+    fixed[:at_start] = firsts[torch.arange(at_start) % len(firsts)]
 
     def fit_loss() -> float:  # on a fixed sample of training windows
         with torch.no_grad():
@@ -233,6 +246,9 @@ def run_state_head_stage(config: StateHeadStageConfig, progress: bool = True) ->
     started = time.perf_counter()
     for _ in tqdm(range(config.steps), desc="state head", disable=not progress):
         rows = windows[torch.randint(len(windows), (config.batch_size,), generator=generator)]
+        at_start = torch.rand(config.batch_size, generator=generator) < config.start_fraction
+        starts = firsts[torch.randint(len(firsts), (config.batch_size,), generator=generator)]
+        rows = torch.where(at_start, starts, rows)
         loss = fit.loss(head, rows, config.unroll, config.through_time)
         optimizer.zero_grad()
         loss.backward()
