@@ -4,6 +4,8 @@
   ``threshold``.
 - ``vlm``: a local transformers checkpoint directory; options: the fields of
   :class:`judges.vlm.VLMJudgeConfig` (``prompt`` may be a dict of :class:`PromptConfig` fields).
+- ``state``: a state read-out directory (``wmgym train readout``): the task predicate on the
+  states it reads (:mod:`judges.state_judge`); options: ``presence``, ``device``.
 - ``openai``: an ``http(s)://`` URL of an OpenAI-compatible API; options: the fields of
   :class:`judges.openai_client.OpenAIJudgeConfig` (``model`` is required).
 
@@ -21,26 +23,29 @@ from typing import Any
 
 from wm_env.errors import lookup
 
-KINDS = ("probe", "vlm", "openai")
+KINDS = ("probe", "state", "vlm", "openai")
 PROBE_OPTIONS = ("bundle", "device", "threshold", "inputs")
 
 
 def detect_kind(location: str) -> str:
-    """``openai`` for URLs, ``probe`` for probe directories, ``vlm`` for other checkpoints."""
+    """``openai`` for URLs, ``probe`` / ``state`` for probe / read-out directories, ``vlm`` for
+    other checkpoints."""
     if location.startswith(("http://", "https://")):
         return "openai"
     root = Path(location)
     config = root / "config.json"
     if not root.is_dir() or not config.is_file():
         raise ValueError(
-            f"judge {location!r} is not a probe directory, a VLM checkpoint directory or an "
+            f"judge {location!r} is not a probe or read-out directory, a VLM checkpoint directory or an "
             f"http(s):// URL (kinds: {', '.join(KINDS)})"
         )
     try:
         content = json.loads(config.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{config}: not valid JSON ({error})") from None
-    return "probe" if isinstance(content, dict) and "probe" in content else "vlm"
+    if isinstance(content, dict) and "probe" in content:
+        return "probe"
+    return "state" if isinstance(content, dict) and "readout" in content else "vlm"
 
 
 def _check_options(kind: str, options: dict[str, Any], valid: tuple[str, ...]) -> None:
@@ -69,6 +74,11 @@ def load_judge(spec: str, path: str | None = None, **options: Any):
 
         _check_options(kind, options, PROBE_OPTIONS)
         return ProbeJudge.from_pretrained(location, **options)
+    if kind == "state":
+        from judges.state_judge import StateJudge, StateJudgeConfig
+
+        _check_options(kind, options, _fields(StateJudgeConfig, exclude=""))
+        return StateJudge.from_pretrained(location, **options)
     options = dict(options)
     if isinstance(options.get("prompt"), dict):
         from judges.prompt import PromptConfig
