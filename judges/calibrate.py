@@ -142,6 +142,7 @@ def replay_actions(
     batch: int = 16,
     progress: bool = False,
     latents: bool = False,
+    states: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """World-model replays: episode ``i`` starts from ``first_frames[i]`` and follows ``actions[i]``.
 
@@ -158,6 +159,7 @@ def replay_actions(
         frame's encoding first). Episodes are batched (shorter ones step on zero actions past
         their end; those frames are dropped); episode ``i`` uses noise seed ``seed + i``.
         ``progress`` shows a bar over episodes.
+        states: float ``(E, S)`` the robot's start states, for models that condition on them.
     """
     if len(first_frames) != len(actions):
         raise ValueError(f"{len(first_frames)} start frames for {len(actions)} action sequences")
@@ -174,7 +176,9 @@ def replay_actions(
         for i, a in enumerate(chunk):
             padded[i, : len(a)] = a
         shown = wm.reset(
-            first_frames[lo : lo + len(chunk)], seed=[seed + lo + i for i in range(len(chunk))]
+            first_frames[lo : lo + len(chunk)],
+            seed=[seed + lo + i for i in range(len(chunk))],
+            states=None if states is None else states[lo : lo + len(chunk)],
         )
         frames = [latest() if latents else shown]
         for t in range(steps):
@@ -200,6 +204,7 @@ def cached_replays(
     batch: int = 16,
     progress: bool = True,
     latents: bool = False,
+    states: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """:func:`replay_actions` with ``bundle``'s world model, cached in the npz file ``path``.
 
@@ -231,8 +236,9 @@ def cached_replays(
     model = WorldModel.from_pretrained(bundle, wm)
     start = time.perf_counter()
     replays = replay_actions(
-        model, first_frames, actions, seed=seed, batch=batch, progress=progress, latents=latents
-    )
+        model, first_frames, actions, seed=seed, batch=batch, progress=progress, latents=latents,
+        states=states if model.uses_states else None,
+    )  # fmt: skip
     if progress:
         frames = sum(len(r) - 1 for r in replays)
         print(
@@ -260,6 +266,7 @@ def held_out_episodes(data: DataConfig, limit: int = 0) -> list[dict[str, Any]]:
         raise ValueError(
             f"no held-out episodes in {data.dataset} (val_fraction={data.val_fraction})"
         )
+    with_states = "observation.state" in dataset.info.get("features", {})
     episodes = []
     for ep in ids.tolist():
         label = dataset.success(ep)
@@ -273,9 +280,17 @@ def held_out_episodes(data: DataConfig, limit: int = 0) -> list[dict[str, Any]]:
                 "actions": dataset.actions(ep)[valid][:, :7],
                 "instruction": dataset.instruction(ep),
                 "label": bool(label),
+                "state": dataset.states(ep)[0] if with_states else None,  # (S,) the robot's
             }
         )
     return episodes
+
+
+def start_states(episodes: list[dict[str, Any]]) -> np.ndarray | None:
+    """``(E, S)`` the episodes' start states, or None when the dataset records none."""
+    if any(e["state"] is None for e in episodes):
+        return None
+    return np.stack([e["state"] for e in episodes])
 
 
 def build_judges(config: CalibrateConfig) -> list[Any]:
@@ -286,7 +301,7 @@ def build_judges(config: CalibrateConfig) -> list[Any]:
     for spec in config.judge:
         kind = detect_kind(spec)
         options: dict[str, Any] = {}
-        if kind in ("probe", "vlm"):
+        if kind in ("probe", "vlm", "state"):
             options["device"] = config.device
         if kind == "openai":
             if not config.served_model:
@@ -319,6 +334,7 @@ def calibrate(
             [e["episode"] for e in episodes],
             np.stack([e["frames"][0] for e in episodes]),
             [e["actions"] for e in episodes],
+            states=start_states(episodes),
             seed=config.seed,
             wm=config.wm,
             batch=config.replay_batch,

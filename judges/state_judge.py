@@ -72,11 +72,20 @@ class StateJudgeConfig:
 class StateJudge:
     """Success as the task predicate on the states read out of the first and last frames."""
 
-    def __init__(self, readout, config: StateJudgeConfig | None = None, name: str = "state"):
+    def __init__(
+        self,
+        readout,
+        config: StateJudgeConfig | None = None,
+        name: str = "state",
+        weights_sha256: str = "",
+    ):
         self.readout = readout
         self.config = config or StateJudgeConfig()
         self.name = name
         self.image_size = int(readout.config.image_size)
+        # the read-out's weights identify the judge (as a probe's do): results and calibrations
+        # record it, and a calibration made for other weights is refused
+        self.prompt_hash = weights_sha256
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **options) -> StateJudge:
@@ -84,7 +93,7 @@ class StateJudge:
         config = StateJudgeConfig(**options)
         readout = load_readout(path, device=config.device)
         digest = hashlib.sha256(Path(path, "readout.safetensors").read_bytes()).hexdigest()
-        return cls(readout, config, name=f"state:{Path(path).name}:{digest[:8]}")
+        return cls(readout, config, f"state:{Path(path).name}:{digest[:8]}", digest)
 
     def read(self, frames: np.ndarray) -> ReadStates:
         """States of the first and last of ``frames`` uint8 ``(T, H, W, 3)`` (two rows)."""

@@ -101,6 +101,7 @@ def test_load_judge_builds_the_state_judge_from_a_readout_directory(tmp_path):
     save_readout(StateReadout(ReadoutConfig(image_size=16, width=8, hidden=16)), tmp_path / "r")
     judge = load_judge(str(tmp_path / "r"))
     assert isinstance(judge, StateJudge) and judge.name.startswith("state:r:")
+    assert len(judge.prompt_hash) == 64 and judge.name.endswith(judge.prompt_hash[:8])
     assert load_judge("state", path=str(tmp_path / "r"), presence=0.3).config.presence == 0.3
     verdict = judge.judge(FRAMES, "lift the red cube")  # random weights: any verdict, a valid one
     assert 0.0 <= verdict.score <= 1.0

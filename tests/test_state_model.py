@@ -410,3 +410,19 @@ def test_state_head_stage_can_give_the_head_more_actions(state_bundle, blob_data
     for _ in range(3):
         model.step(actions)
     assert model.latest_states[0, 0] > 16.5  # the blob moved right, as the actions say
+
+
+def test_judge_replays_of_a_state_model_start_from_the_episodes_states(state_bundle, blob_dataset):
+    """Calibration replays give a state model the recorded start states it needs."""
+    from judges.calibrate import held_out_episodes, replay_actions, start_states
+
+    episodes = held_out_episodes(DataConfig(dataset=blob_dataset, val_fraction=0.34))
+    states = start_states(episodes)
+    assert states is not None and states.shape == (len(episodes), episodes[0]["state"].shape[0])
+    wm = WorldModel.from_pretrained(state_bundle)
+    firsts = np.stack([e["frames"][0] for e in episodes])
+    actions = [e["actions"][:3] for e in episodes]
+    replays = replay_actions(wm, firsts, actions, states=states)
+    assert [len(r) for r in replays] == [4] * len(episodes)
+    with pytest.raises(ValueError, match="state"):
+        replay_actions(wm, firsts, actions)

@@ -213,6 +213,7 @@ def replay_arrays(
         batch=config.replay_batch,
         progress=progress,
         latents=config.replay_inputs == "latents",
+        states=None if arrays.get("states") is None else arrays["states"][starts],
     )
     if (
         config.replay_inputs == "frames"
