@@ -13,7 +13,9 @@ On the held-out episodes of a labelled dataset (the split every training stage u
 
 Both are scored against the recorded episode's label (the sim's predicate at its last frame), so
 the replay figures mix the judge's errors with the world model's: they are what a leaderboard
-in the world model would see. Reported per judge and source: verdicts, abstentions, accuracy,
+in the world model would see. A judge that reads the world model's latents (a probe with
+``inputs="latents"``, as a leaderboard runs it) judges the replays on the model's own latents,
+replayed without decoding (cached beside the pixel replays), as the leaderboard hands them over. Reported per judge and source: verdicts, abstentions, accuracy,
 TPR and FPR over the verdicts that did not abstain, and seconds per verdict. With two or more
 judges, their majority (:func:`judges.ensemble.combine`) is scored too and their agreement
 (Cohen's / Fleiss' kappa) reported.
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from judges.base import Verdict, describe_judge
@@ -286,6 +289,63 @@ def held_out_episodes(data: DataConfig, limit: int = 0) -> list[dict[str, Any]]:
     return episodes
 
 
+class ReplayLatents:
+    """One world-model replay as a latent-reading judge gets it in a leaderboard: the model's
+    latents of its frames (the start frame's encoding first, in the encoder's own units), read
+    through ``raw_latents`` as :class:`benchmarks.lazy_frames.LazyFrames` offers them.
+
+    Args:
+        latents: float32 ``(T + 1, L, D)``.
+        latent_space: the SHA-256s of the encoder (and adapter) the latents are in.
+    """
+
+    def __init__(self, latents: np.ndarray, latent_space: list[str]) -> None:
+        self.latents, self.latent_space = latents, list(latent_space)
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def raw_latents(self, index) -> torch.Tensor:
+        """float ``(m, L, D)`` the latents of frames ``index``."""
+        return torch.from_numpy(self.latents[np.arange(len(self))[index]])
+
+    def __getitem__(self, index):
+        raise ValueError(
+            "this replay holds the world model's latents only; a judge of another latent space "
+            "needs the pixel replay"
+        )
+
+
+def reads_latents(judge: Any) -> bool:
+    """Whether ``judge`` reads a world model's latents when it is handed them (as a leaderboard
+    does): a probe with ``inputs="latents"``."""
+    return getattr(judge, "inputs", "frames") == "latents" and hasattr(judge, "reads_latents_of")
+
+
+def latent_replays(
+    config: CalibrateConfig, episodes: list[dict[str, Any]], progress: bool
+) -> list[ReplayLatents]:
+    """The world model's replays of ``episodes`` in its latents (cached in ``config.out``)."""
+    from wm_env.bundle import latent_space_hashes, read_config
+
+    latents = cached_replays(
+        config.out / "replays_latents.npz",
+        config.bundle,
+        config.data.dataset,
+        [e["episode"] for e in episodes],
+        np.stack([e["frames"][0] for e in episodes]),
+        [e["actions"] for e in episodes],
+        states=start_states(episodes),
+        seed=config.seed,
+        wm=config.wm,
+        batch=config.replay_batch,
+        progress=progress,
+        latents=True,
+    )
+    space = latent_space_hashes(read_config(config.bundle))
+    return [ReplayLatents(replay, space) for replay in latents]
+
+
 def start_states(episodes: list[dict[str, Any]]) -> np.ndarray | None:
     """``(E, S)`` the episodes' start states, or None when the dataset records none."""
     if any(e["state"] is None for e in episodes):
@@ -340,11 +400,17 @@ def calibrate(
             batch=config.replay_batch,
             progress=progress,
         )
+        if any(reads_latents(j) for j in judges):
+            videos["replay_latents"] = latent_replays(config, episodes, progress)
     rows, summary, agreements = [], {}, {}
-    for source, clips in videos.items():
+    for source in (s for s in SOURCES if s in videos):
         verdicts: dict[str, list[Verdict]] = {}
         for judge, name in zip(judges, names, strict=True):
             verdicts[name], seconds = [], []
+            clips = videos[source]
+            latent = videos.get("replay_latents")
+            if source == "replay" and latent and judge.reads_latents_of(latent[0]):
+                clips = latent
             bar = tqdm(clips, desc=f"{name} on {source}", disable=not progress)
             for episode, clip in zip(episodes, bar, strict=True):
                 start = time.perf_counter()

@@ -483,6 +483,34 @@ def test_calibrate_scores_judges_on_real_episodes_and_replays(
     ]
 
 
+def test_calibrate_judges_replays_on_the_models_latents_for_a_latent_probe(
+    trained_probe, labelled_bundle, labelled_dataset, tmp_path
+):
+    """A probe reading latents is calibrated on what a leaderboard hands it: the world model's
+    latents of its replays (no decoding); the same probe reading frames gets the pixel replays."""
+    from judges.calibrate import CalibrateConfig, ReplayLatents, calibrate
+    from judges.probe import ProbeJudge
+    from wm_env.dataset.split import DataConfig
+
+    config = CalibrateConfig(judge=(str(trained_probe),), bundle=labelled_bundle, out=tmp_path / "cal",
+                             data=DataConfig(dataset=labelled_dataset, val_fraction=0.25),
+                             episodes=3)  # fmt: skip
+    judges = [ProbeJudge.from_pretrained(trained_probe, inputs="latents"),
+              ProbeJudge.from_pretrained(trained_probe)]  # fmt: skip
+    calibrate(config, judges=judges, progress=False)
+    rows = list(csv.DictReader((config.out / "verdicts.csv").open()))
+    read = {(r["judge"], r["source"]): r["rationale"] for r in rows}
+    latent_name, frames_name = judges[0].name, judges[1].name
+    assert "world-model latents" in read[(latent_name, "replay")]
+    assert "frames sampled" in read[(latent_name, "real")]  # sim videos have no latents
+    assert "frames sampled" in read[(frames_name, "replay")]
+    assert (config.out / "replays_latents.npz").exists()
+    replay = ReplayLatents(np.zeros((4, 2, 3), np.float32), ["abc"])
+    assert len(replay) == 4 and replay.raw_latents([0, 3]).shape == (2, 2, 3)
+    with pytest.raises(ValueError, match="latents only"):
+        replay[0]
+
+
 def test_cli_trains_a_probe_and_calibrates_it(labelled_bundle, labelled_dataset, tmp_path, capsys):
     from wmgym.cli import main
 
@@ -512,7 +540,7 @@ def test_cli_trains_a_probe_and_calibrates_it(labelled_bundle, labelled_dataset,
                 str(labelled_dataset),
             ]
         )
-    assert "not a probe directory" in capsys.readouterr().err
+    assert "not a probe or read-out directory" in capsys.readouterr().err
 
 
 def test_load_judge_detects_probes_urls_and_rejects_the_rest(trained_probe, tmp_path):
@@ -530,7 +558,7 @@ def test_load_judge_detects_probes_urls_and_rejects_the_rest(trained_probe, tmp_
         load_judge(str(trained_probe), treshold=0.9)
     with pytest.raises(ValueError, match="needs model="):
         load_judge("http://127.0.0.1:9/v1")
-    with pytest.raises(ValueError, match="not a probe directory"):
+    with pytest.raises(ValueError, match="not a probe or read-out directory"):
         load_judge(str(tmp_path))
 
 
