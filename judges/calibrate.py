@@ -51,8 +51,9 @@ class CalibrateConfig:
     """Score judges against ground-truth labels on held-out episodes and their world-model replays.
 
     Attributes:
-        judge: one or more judges: a probe directory, a local VLM checkpoint directory, or an
-            http(s) URL of an OpenAI-compatible server (give ``served_model``).
+        judge: one or more judges: a probe directory, a state read-out directory (the state
+            judge), a local VLM checkpoint directory, or an http(s) URL of an
+            OpenAI-compatible server (give ``served_model``).
         bundle: the world model that replays the episodes' actions.
         replay: also judge world-model replays (else only the recorded episodes).
         episodes: judge only the first N held-out episodes (0: all of them).
