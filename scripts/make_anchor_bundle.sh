@@ -21,7 +21,7 @@ CONTROL=${CONTROL:-outputs/bundles/state_more}
 STEPS=${STEPS:-4000}
 SECONDS_BUDGET=${SECONDS_BUDGET:-2700}
 PACKED=${PACKED:-outputs/packed/sim64_fp32.safetensors}
-HEAD_FIT=${HEAD_FIT:-"--unroll 16 --through-time --steps 4000"}
+HEAD_FIT=${HEAD_FIT:-"--unroll 16 --through-time --steps 4000 --start-fraction 0.5"}
 COMMON=(--state --preset tiny --patch-size 2 --history 2 --target delta --shift 3.0
   --mean-head-width 96 --mean-head-depth 4 --mean-head-unroll 3 --keep-best --val-every 250
   --num-steps 4 --temperature 0.5 --optim.steps "$STEPS" --optim.batch-size 32
