@@ -11,14 +11,15 @@ On the held-out episodes of a labelled dataset (the split every training stage u
   actions, one generated frame per action; the judge sees the start frame as the model
   reconstructs it and the generated frames.
 
-Both are scored against the recorded episode's label (the sim's predicate at its last frame), so
-the replay figures mix the judge's errors with the world model's: they are what a leaderboard
-in the world model would see. A judge that reads the world model's latents (a probe with
+Both are scored against the recorded episode's label (the sim's predicate at its last frame), so the
+replay figures mix the judge's errors with the world model's: they are what a leaderboard in the
+world model would see. A judge that reads the world model's latents (a probe with
 ``inputs="latents"``, as a leaderboard runs it) judges the replays on the model's own latents,
-replayed without decoding (cached beside the pixel replays), as the leaderboard hands them over. Reported per judge and source: verdicts, abstentions, accuracy,
-TPR and FPR over the verdicts that did not abstain, and seconds per verdict. With two or more
-judges, their majority (:func:`judges.ensemble.combine`) is scored too and their agreement
-(Cohen's / Fleiss' kappa) reported.
+replayed without decoding (cached beside the pixel replays), as the leaderboard hands them over.
+Reported per judge and source: verdicts, abstentions, accuracy, TPR and FPR over the verdicts that
+did not abstain, and seconds per verdict. With two or more judges, their majority
+(:func:`judges.ensemble.combine`) is scored too and their agreement (Cohen's / Fleiss' kappa)
+reported.
 
 Outputs in ``--out``: ``verdicts.csv`` (one row per judge, source and episode), ``summary.csv``,
 ``calibration.json`` (everything, with each judge's name and prompt hash) and ``calibration.md``.
@@ -323,14 +324,13 @@ def reads_latents(judge: Any) -> bool:
     return getattr(judge, "inputs", "frames") == "latents" and hasattr(judge, "reads_latents_of")
 
 
-def latent_replays(
-    config: CalibrateConfig, episodes: list[dict[str, Any]], progress: bool
-) -> list[ReplayLatents]:
-    """The world model's replays of ``episodes`` in its latents (cached in ``config.out``)."""
-    from wm_env.bundle import latent_space_hashes, read_config
-
-    latents = cached_replays(
-        config.out / "replays_latents.npz",
+def episode_replays(
+    config: CalibrateConfig, episodes: list[dict[str, Any]], progress: bool, latents: bool
+) -> list[np.ndarray]:
+    """``config.bundle``'s replays of ``episodes`` (frames, or ``latents``), cached in
+    ``config.out``."""
+    return cached_replays(
+        config.out / ("replays_latents.npz" if latents else "replays.npz"),
         config.bundle,
         config.data.dataset,
         [e["episode"] for e in episodes],
@@ -341,10 +341,18 @@ def latent_replays(
         wm=config.wm,
         batch=config.replay_batch,
         progress=progress,
-        latents=True,
+        latents=latents,
     )
+
+
+def latent_replays(
+    config: CalibrateConfig, episodes: list[dict[str, Any]], progress: bool
+) -> list[ReplayLatents]:
+    """The world model's replays of ``episodes`` in its latents (cached in ``config.out``)."""
+    from wm_env.bundle import latent_space_hashes, read_config
+
     space = latent_space_hashes(read_config(config.bundle))
-    return [ReplayLatents(replay, space) for replay in latents]
+    return [ReplayLatents(r, space) for r in episode_replays(config, episodes, progress, True)]
 
 
 def start_states(episodes: list[dict[str, Any]]) -> np.ndarray | None:
@@ -388,19 +396,7 @@ def calibrate(
     labels = [e["label"] for e in episodes]
     videos = {"real": [e["frames"] for e in episodes]}
     if config.replay:
-        videos["replay"] = cached_replays(
-            config.out / "replays.npz",
-            config.bundle,
-            config.data.dataset,
-            [e["episode"] for e in episodes],
-            np.stack([e["frames"][0] for e in episodes]),
-            [e["actions"] for e in episodes],
-            states=start_states(episodes),
-            seed=config.seed,
-            wm=config.wm,
-            batch=config.replay_batch,
-            progress=progress,
-        )
+        videos["replay"] = episode_replays(config, episodes, progress, latents=False)
         if any(reads_latents(j) for j in judges):
             videos["replay_latents"] = latent_replays(config, episodes, progress)
     rows, summary, agreements = [], {}, {}
@@ -409,8 +405,8 @@ def calibrate(
         for judge, name in zip(judges, names, strict=True):
             verdicts[name], seconds = [], []
             clips = videos[source]
-            latent = videos.get("replay_latents")
-            if source == "replay" and latent and judge.reads_latents_of(latent[0]):
+            latent = videos.get("replay_latents") if source == "replay" else None
+            if latent and judge.reads_latents_of(latent[0]):
                 clips = latent
             bar = tqdm(clips, desc=f"{name} on {source}", disable=not progress)
             for episode, clip in zip(episodes, bar, strict=True):

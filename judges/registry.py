@@ -36,8 +36,8 @@ def detect_kind(location: str) -> str:
     config = root / "config.json"
     if not root.is_dir() or not config.is_file():
         raise ValueError(
-            f"judge {location!r} is not a probe or read-out directory, a VLM checkpoint directory or an "
-            f"http(s):// URL (kinds: {', '.join(KINDS)})"
+            f"judge {location!r} is not a probe or read-out directory, a VLM checkpoint "
+            f"directory or an http(s):// URL (kinds: {', '.join(KINDS)})"
         )
     try:
         content = json.loads(config.read_text())

@@ -8,11 +8,11 @@ the family's success predicate (:mod:`wm_env.sim.tasks`) to what the last frame 
 sim does at the end of an episode. Its rationale is the measurement the verdict rests on
 ("the red cube's centre is 4.1 cm above its resting height; lifted means 5.0 cm").
 
-What it needs: square frames of the twin's main camera (the read-out's training view, resized to
-its size) and one of our template instructions (:func:`wm_env.instructions.parse_instruction`).
-It abstains, with the reason, on an instruction that is no template and on a task object the first frame does not
-show. An object the last frame does not show (it faded or changed colour in a world model's
-frames) fails the task: the predicate cannot hold for an object that is not there.
+What it needs: square frames of the twin's main camera (the read-out's training view, resized to its
+size) and one of our template instructions (:func:`wm_env.instructions.parse_instruction`). It
+abstains, with the reason, on an instruction that is no template and on a task object the first
+frame does not show. An object the last frame does not show (it faded or changed colour in a world
+model's frames) fails the task: the predicate cannot hold for an object that is not there.
 """
 
 from __future__ import annotations
@@ -160,7 +160,10 @@ def describe(family: str, spec: EpisodeSpec, read: ReadStates) -> str:
     what = f"the {target.color} cube{held}"
     if family == "lift":
         height = 100 * (position[2] - TABLE_TOP_Z - CUBE_HALF)
-        return f"{what} is {height:.1f} cm above its resting height; lifted means {100 * LIFT_HEIGHT:.1f} cm"
+        return (
+            f"{what} is {height:.1f} cm above its resting height; lifted means "
+            f"{100 * LIFT_HEIGHT:.1f} cm"
+        )
     if family == "push":
         start = np.array([float(spec.roles["start_x"]), float(spec.roles["start_y"])])
         moved = float(np.dot(position[:2] - start, direction_vector(spec.roles["direction"])))

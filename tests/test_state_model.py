@@ -269,24 +269,39 @@ def test_env_starts_from_the_recorded_state_and_observes_the_carried_one(
     np.testing.assert_allclose(obs["state"], np.stack(starts), atol=1e-4)
 
 
+def fit_head_of_a_copy(state_bundle, blob_dataset, tmp_path, **fit):
+    """(bundle, config, figures): the state head of a copy of ``state_bundle`` fitted with
+    ``fit`` (fields of :class:`StateHeadStageConfig`) on the blob dataset."""
+    from train.stage_state_head import StateHeadStageConfig, run_state_head_stage
+
+    bundle = shutil.copytree(state_bundle, tmp_path / "bundle")
+    config = StateHeadStageConfig(
+        bundle=bundle, data=DataConfig(dataset=blob_dataset, val_fraction=0.34), **fit
+    )
+    return bundle, config, run_state_head_stage(config, progress=False)
+
+
+def unit_rollout(arrays: dict):
+    """A :class:`StateRollout` of 2-D states in their own units (mean 0, std 1), history 2."""
+    from train.stage_state_head import StateRollout
+
+    norm = StateNormalizer({"state_mean": [0.0, 0.0], "state_std": [1.0, 1.0],
+                            "state_delta_std": [1.0, 1.0]})  # fmt: skip
+    return StateRollout(arrays, norm, {"q01": [-1.0] * 7, "q99": [1.0] * 7}, 8, history=2)
+
+
 def test_state_head_stage_fits_the_head_alone_and_rewrites_only_it(
     state_bundle, tiny_bundle, blob_dataset, tmp_path
 ):
     from safetensors.torch import load_file
 
-    from train.stage_state_head import (
-        StateHeadStageConfig,
-        format_figures,
-        run_state_head_stage,
-        window_starts,
-    )
+    from train.stage_state_head import format_figures, run_state_head_stage, window_starts
 
     assert window_starts(np.array([0, 5]), np.array([5, 3]), 2).tolist() == [0, 1, 2, 5]
-    bundle = shutil.copytree(state_bundle, tmp_path / "bundle")
-    before = load_file(bundle / "dynamics.safetensors")
-    config = StateHeadStageConfig(bundle=bundle, data=DataConfig(dataset=blob_dataset, val_fraction=0.34),
-                                  steps=300, batch_size=64, unroll=4)  # fmt: skip
-    figures = run_state_head_stage(config, progress=False)
+    before = load_file(state_bundle / "dynamics.safetensors")
+    bundle, config, figures = fit_head_of_a_copy(
+        state_bundle, blob_dataset, tmp_path, steps=300, batch_size=64, unroll=4
+    )
     # it fits its own rollouts of the training windows (4 blob episodes: too few to generalise)
     assert figures["fit_loss_after"] < 0.5 * figures["fit_loss_before"]
     assert len(figures["held_out_after"]["state"]) == 2  # steps 1 and 10 of 11-step episodes
@@ -305,14 +320,10 @@ def test_state_head_fit_through_time_trains_each_step_for_the_steps_after_it(
 ):
     """Same loss value either way; through time the gradient also holds what a step's error
     does to later steps, so it differs; the stage records the choice and still fits."""
-    from train.stage_state_head import StateHeadStageConfig, StateRollout, run_state_head_stage
-
     states = np.cumsum(np.random.default_rng(0).normal(size=(12, 2)), 0).astype(np.float32)
     arrays = {"states": states, "actions": np.random.default_rng(1).uniform(-1, 1, (12, 7)),
               "starts": np.array([0]), "lengths": np.array([12])}  # fmt: skip
-    norm = StateNormalizer({"state_mean": [0.0, 0.0], "state_std": [1.0, 1.0],
-                            "state_delta_std": [1.0, 1.0]})  # fmt: skip
-    rollout = StateRollout(arrays, norm, {"q01": [-1.0] * 7, "q99": [1.0] * 7}, 8, history=2)
+    rollout = unit_rollout(arrays)
     torch.manual_seed(0)
     head = StateHead(2, 2, 8)
     for p in head.parameters():
@@ -326,10 +337,9 @@ def test_state_head_fit_through_time_trains_each_step_for_the_steps_after_it(
         grads.append((loss.item(), head.net[0].weight.grad.clone()))
     assert grads[0][0] == pytest.approx(grads[1][0])
     assert not torch.allclose(grads[0][1], grads[1][1])
-    bundle = shutil.copytree(state_bundle, tmp_path / "bundle")
-    config = StateHeadStageConfig(bundle=bundle, data=DataConfig(dataset=blob_dataset, val_fraction=0.34),
-                                  steps=200, batch_size=64, unroll=6, through_time=True)  # fmt: skip
-    figures = run_state_head_stage(config, progress=False)
+    bundle, _, figures = fit_head_of_a_copy(
+        state_bundle, blob_dataset, tmp_path, steps=200, batch_size=64, unroll=6, through_time=True
+    )
     assert figures["fit_loss_after"] < 0.5 * figures["fit_loss_before"]
     assert read_config(bundle)["dynamics"]["state_head_fit"]["through_time"] is True
 
@@ -337,14 +347,12 @@ def test_state_head_fit_through_time_trains_each_step_for_the_steps_after_it(
 def test_a_state_head_window_at_an_episode_start_repeats_the_first_state_as_the_runtime_does(
     state_bundle, blob_dataset, tmp_path
 ):
-    from train.stage_state_head import StateHeadStageConfig, StateRollout, run_state_head_stage
+    from train.stage_state_head import StateHeadStageConfig
 
     states = np.arange(24, dtype=np.float32).reshape(12, 2)
     arrays = {"states": states, "actions": np.zeros((12, 7), np.float32),
               "starts": np.array([0, 6]), "lengths": np.array([6, 6])}  # fmt: skip
-    norm = StateNormalizer({"state_mean": [0.0, 0.0], "state_std": [1.0, 1.0],
-                            "state_delta_std": [1.0, 1.0]})  # fmt: skip
-    rollout = StateRollout(arrays, norm, {"q01": [-1.0] * 7, "q99": [1.0] * 7}, 8, history=2)
+    rollout = unit_rollout(arrays)
     seen = []
 
     class Recorder(torch.nn.Module):
@@ -360,10 +368,9 @@ def test_a_state_head_window_at_an_episode_start_repeats_the_first_state_as_the_
     assert seen[0][1].tolist() == [[14.0, 15.0], [16.0, 17.0]]
     with pytest.raises(ValueError, match="start_fraction"):
         StateHeadStageConfig(start_fraction=1.5)
-    bundle = shutil.copytree(state_bundle, tmp_path / "bundle")
-    config = StateHeadStageConfig(bundle=bundle, data=DataConfig(dataset=blob_dataset, val_fraction=0.34),
-                                  steps=200, batch_size=64, unroll=6, start_fraction=1.0)  # fmt: skip
-    figures = run_state_head_stage(config, progress=False)
+    bundle, _, figures = fit_head_of_a_copy(
+        state_bundle, blob_dataset, tmp_path, steps=200, batch_size=64, unroll=6, start_fraction=1.0
+    )
     assert figures["fit_loss_after"] < figures["fit_loss_before"]
     assert read_config(bundle)["dynamics"]["state_head_fit"]["start_fraction"] == 1.0
 
@@ -392,12 +399,9 @@ def test_a_state_head_reads_the_last_actions_with_null_ones_before_the_start():
 
 
 def test_state_head_stage_can_give_the_head_more_actions(state_bundle, blob_dataset, tmp_path):
-    from train.stage_state_head import StateHeadStageConfig, run_state_head_stage
-
-    bundle = shutil.copytree(state_bundle, tmp_path / "bundle")
-    config = StateHeadStageConfig(bundle=bundle, data=DataConfig(dataset=blob_dataset, val_fraction=0.34),
-                                  steps=100, batch_size=64, unroll=4, actions=3)  # fmt: skip
-    figures = run_state_head_stage(config, progress=False)
+    bundle, _, figures = fit_head_of_a_copy(
+        state_bundle, blob_dataset, tmp_path, steps=100, batch_size=64, unroll=4, actions=3
+    )
     assert figures["fit_loss_after"] < figures["fit_loss_before"]
     assert read_config(bundle)["dynamics"]["dit"]["state_head_actions"] == 3
     model = WorldModel.from_pretrained(bundle)
