@@ -22,7 +22,7 @@ import pandas as pd
 
 from benchmarks.leaderboard import CLEAN, load_rows
 from benchmarks.metrics import wilson_interval
-from benchmarks.runner import RunOptions, episode_file, run_suite
+from benchmarks.runner import RunOptions, episode_file, plans_in_suite_bundle, run_suite
 from benchmarks.suite import EpisodeKey, Suite, WorldSpec
 
 BOOTSTRAP_SAMPLES = 1000
@@ -270,17 +270,24 @@ class AgreementConfig:
 
     Examples::
 
-        wmgym bench agreement                                    # the agreement suite
+        wmgym bench agreement --split heldout        # the published figure: held-out suite
+        wmgym bench agreement                        # development: the suite the bundle was tuned on
         wmgym bench agreement --suite my_suite.yaml --out runs/agreement --seeds 0 1 2 3 4 5
     """
 
-    suite: Path = Path(__file__).parent / "suites" / "agreement.yaml"
-    """the suite file (its world is used for the world-model side); the default is the default
-    leaderboard suite plus the CEM planning agent."""
-    out: Path = Path("outputs/agreement")
-    """run directory: sim/ and wm/ hold each world's resumable episode log."""
+    split: str = "development"
+    """which default suite: "heldout" (policies and start seeds no model, probe or threshold was
+    fitted or tuned on: the figure to publish) or "development" (the default leaderboard suite
+    plus the CEM agent). A held-out suite is checked against the development suites first."""
+    suite: Path | None = None
+    """a suite file instead of the split's (its world is used for the world-model side)."""
+    out: Path | None = None
+    """run directory (default outputs/agreement, or outputs/agreement_heldout): sim/ and wm/
+    hold each world's resumable episode log."""
     seeds: tuple[int, ...] | None = None
     """override the suite's start seeds (more seeds on a finished run's --out run only the new starts)."""
+    conditions: tuple[str, ...] | None = None
+    """run only these of the suite's conditions, by name (e.g. ``clean``)."""
     bundle: Path | None = None
     """override the world-model bundle."""
     dtype: str | None = None
@@ -299,13 +306,55 @@ class AgreementConfig:
     """torch threads per process (default: the machine's cores shared among the processes)."""
 
 
+SUITES_DIR = Path(__file__).parent / "suites"
+SPLIT_SUITES = {
+    "development": SUITES_DIR / "agreement.yaml",
+    "heldout": SUITES_DIR / "heldout.yaml",
+}
+DEVELOPMENT_SUITES = (SUITES_DIR / "default.yaml", SUITES_DIR / "agreement.yaml")
+
+
+def split_suite(config: AgreementConfig) -> tuple[Path, Path]:
+    """(suite file, run directory) of ``config``: its own, or its split's defaults."""
+    from wm_env.errors import lookup
+
+    default = lookup("split", config.split, SPLIT_SUITES)
+    suite = config.suite or default
+    out = config.out or Path(
+        "outputs/agreement"
+        if config.split == "development"
+        else f"outputs/agreement_{config.split}"
+    )
+    return Path(suite), Path(out)
+
+
+def check_split(suite: Suite, split: str) -> None:
+    """A suite must be of the split asked for; a held-out one must share no start seed or
+    policy with the development suites (:meth:`Suite.check_heldout`).
+
+    Raises:
+        ValueError: the suite's split is another, or it is not held out from development.
+    """
+    from benchmarks.suite import load_suite
+
+    if suite.split != split:
+        raise ValueError(
+            f"suite {suite.name!r} is split {suite.split!r}, but --split {split} was asked for "
+            f"(set 'split: {split}' in the suite file if that is what it is)"
+        )
+    if split == "heldout":
+        suite.check_heldout([load_suite(path) for path in DEVELOPMENT_SUITES])
+
+
 def run_agreement(config: AgreementConfig) -> dict[str, Path]:
     from benchmarks.bench import LeaderboardConfig, configured_suite
 
+    suite_path, out = split_suite(config)
     suite = configured_suite(
         LeaderboardConfig(
-            suite=config.suite,
+            suite=suite_path,
             seeds=config.seeds,
+            conditions=config.conditions,
             bundle=config.bundle,
             dtype=config.dtype,
             num_steps=config.num_steps,
@@ -314,13 +363,18 @@ def run_agreement(config: AgreementConfig) -> dict[str, Path]:
             judge_inputs=config.judge_inputs,
         )  # fmt: skip
     )
+    check_split(suite, config.split)
     if suite.world.type != "world_model":
         suite = suite.with_world(replace(suite.world, type="world_model"))
-    # the sim keeps the bundle: a planning policy (CEM) plans with it in both worlds
+    # the sim keeps the bundle only where a planning policy (CEM) plans with it in both
+    # worlds; otherwise the sim's episodes do not depend on it and serve every bundle's run
+    planned = any(map(plans_in_suite_bundle, suite.policies))
     sim_suite = suite.with_world(
-        WorldSpec(type="sim", bundle=suite.world.bundle, resolution=suite.world.resolution)
-    )
-    out = Path(config.out)
+        WorldSpec(
+            type="sim", bundle=suite.world.bundle if planned else None,
+            resolution=suite.world.resolution,
+        )
+    )  # fmt: skip
     sim_log = run_suite(
         sim_suite, out / "sim", RunOptions(workers=config.workers, threads=config.threads)
     )
@@ -333,7 +387,15 @@ def run_agreement(config: AgreementConfig) -> dict[str, Path]:
     table.to_csv(out / "agreement.csv", index=False, float_format="%.4f")
     summary.to_csv(out / "agreement_summary.csv", index=False, float_format="%.4f")
     (out / "agreement.json").write_text(
-        json.dumps({"summary": summary.to_dict("records"), "replays": replay_stats}, indent=1)
+        json.dumps(
+            {
+                "split": suite.split,
+                "suite": suite.name,
+                "summary": summary.to_dict("records"),
+                "replays": replay_stats,
+            },
+            indent=1,
+        )  # fmt: skip
     )
     plot = scatter_plot(table, out / "agreement.png")
     return {

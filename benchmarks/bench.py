@@ -53,6 +53,8 @@ class LeaderboardConfig:
     """probe judge only: "latents" judges the world model's own latents (no decoding)."""
     seeds: tuple[int, ...] | None = None
     """override the suite's start seeds (more seeds on a finished run's --out run only the new starts)."""
+    conditions: tuple[str, ...] | None = None
+    """run only these of the suite's conditions, by name (e.g. ``clean``)."""
     calibration: Path | None = None
     """the judge's calibration (``wmgym judge calibrate --save``) that corrects the success
     rates; default: the ``calibration.json`` in the judge's directory. One measured for another
@@ -75,6 +77,9 @@ def configured_suite(config: LeaderboardConfig) -> Suite:
                  "num_steps": config.num_steps, "decoder": config.decoder}  # fmt: skip
     given = {k: v for k, v in overrides.items() if v is not None}
     suite = suite.with_world(dataclasses.replace(suite.world, **given))
+    if config.conditions:
+        chosen = tuple(suite.condition(name) for name in dict.fromkeys(config.conditions))
+        suite = dataclasses.replace(suite, conditions=chosen)
     judge = suite.judge
     if config.judge_path is not None:
         judge = dataclasses.replace(judge, path=str(config.judge_path))

@@ -25,6 +25,7 @@ import numpy as np
 from benchmarks.episode_log import EpisodeLog
 from benchmarks.suite import EpisodeKey, PolicySpec, Suite, suite_from_dict
 from benchmarks.worlds import (
+    NOISE_SALT,
     POLICY_SALT,
     EpisodeResult,
     SimWorld,
@@ -132,8 +133,9 @@ def continues(recorded: dict[str, Any], suite: Suite) -> bool:
 
     It may when the two differ only in what does not change the episodes already logged: the
     start seeds (every row is keyed by its seed and episode index, which do not change when
-    seeds are added, so more seeds only add episodes), and in the sim the judge (the sim's
-    oracle decides there; the suite's judge is the world model's).
+    seeds are added, so more seeds only add episodes), which conditions run (rows are keyed by
+    the condition's name; a condition both suites name must be the same), and in the sim the
+    judge (the sim's oracle decides there; the suite's judge is the world model's).
     """
     config = recorded.get("suite_config")
     if not config:
@@ -142,7 +144,10 @@ def continues(recorded: dict[str, Any], suite: Suite) -> bool:
         before = suite_from_dict(config)
     except (ValueError, TypeError, KeyError):
         return False
-    before = replace(before, seeds=suite.seeds)
+    recorded_conditions = {c.name: c for c in before.conditions}
+    if any(recorded_conditions.get(c.name, c) != c for c in suite.conditions):
+        return False
+    before = replace(before, seeds=suite.seeds, conditions=suite.conditions)
     if suite.world.type == "sim" and before.world.type == "sim":
         before = replace(before, judge=suite.judge)
     return before.hash() == suite.hash()
@@ -190,9 +195,11 @@ def build_policy_factory(suite: Suite) -> Callable[[EpisodeKey], Any]:
     copies, so stateful policies (chunks, plans) never share state. A policy that plans from
     the start state (``for_start(task, seed)``, e.g. the expert plans) is specialised per start.
     A policy with a numpy generator ``rng`` (the random baseline) gets one seeded per episode,
-    so results do not depend on which episodes ran before or in which process.
+    so results do not depend on which episodes ran before or in which process. A policy entry
+    with ``noise`` is wrapped in :class:`policies.wrappers.ActionNoise`, seeded per episode too.
     """
     from policies.registry import load_policy
+    from policies.wrappers import ActionNoise
 
     loaded: dict[str, Any] = {}
 
@@ -211,6 +218,9 @@ def build_policy_factory(suite: Suite) -> Callable[[EpisodeKey], Any]:
             policy = copy.deepcopy(prototype)
         if isinstance(getattr(policy, "rng", None), np.random.Generator):
             policy.rng = np.random.default_rng(episode_seed(suite, key, POLICY_SALT))
+        noise = suite.policy(key.policy).noise
+        if noise:
+            policy = ActionNoise(policy, noise, seed=episode_seed(suite, key, NOISE_SALT))
         policy.name = key.policy
         return policy
 

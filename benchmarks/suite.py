@@ -38,6 +38,7 @@ from wm_env.options import WorldModelOptions
 
 WORLD_TYPES = ("world_model", "sim")
 CONDITION_TYPES = ("clean", "distractors", "instruction")
+SPLITS = ("development", "heldout")
 
 
 def _names(names) -> dict[str, str]:
@@ -85,11 +86,29 @@ class WorldSpec:
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """A policy entry: ``spec`` is a registered name, a checkpoint dir or a server URL."""
+    """A policy entry: ``spec`` is a registered name, a checkpoint dir or a server URL.
+
+    ``noise`` (optional) is the standard deviation of Gaussian noise added to every executed
+    action (clipped to the bounds, seeded per episode): a noisy variant of the same policy.
+    """
 
     name: str
     spec: str
     options: dict[str, Any] = field(default_factory=dict)
+    noise: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.noise is not None and not (
+            isinstance(self.noise, int | float) and 0 <= self.noise < float("inf")
+        ):
+            raise ValueError(
+                f"policy {self.name!r}: noise must be a number >= 0; got {self.noise!r}"
+            )
+
+    @property
+    def identity(self) -> str:
+        """What the policy is, whatever it is called: spec, options and noise as JSON."""
+        return json.dumps([self.spec, self.options, self.noise], sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -140,10 +159,12 @@ class Suite:
     episodes: int | None = None  # per cell; default: one per seed
     episode_length: int = 40
     seed: int = 0  # base seed of model noise, edits and perturbations
+    split: str = "development"  # "heldout": nothing was fitted or tuned on its policies/starts
 
     def __post_init__(self) -> None:
         from wm_env.sim.tasks import FAMILIES
 
+        object.__setattr__(self, "split", lookup("split", self.split, _names(SPLITS)))
         if not self.tasks or not self.seeds or not self.policies or not self.conditions:
             raise ValueError("a suite needs at least one task, seed, policy and condition")
         object.__setattr__(
@@ -195,12 +216,43 @@ class Suite:
         for name in LATER_WORLD_OPTIONS:
             if data["world"][name] is None:
                 del data["world"][name]
+        for policy in data["policies"]:  # added later too: counts only when set
+            if policy["noise"] is None:
+                del policy["noise"]
+        del data["split"]  # a label: the episodes are the same whichever split it names
         text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def with_world(self, world: WorldSpec) -> Suite:
         """The same suite in another world (agreement runs it in both)."""
         return Suite(**{**self.__dict__, "world": world})
+
+    def check_heldout(self, development: list[Suite]) -> None:
+        """Refuse a held-out suite that shares a start seed or a policy with ``development``.
+
+        Policies are compared by what they are (spec, options, noise), not by their names.
+
+        Raises:
+            ValueError: naming every shared seed and policy, or if this suite is not held out.
+        """
+        if self.split != "heldout":
+            raise ValueError(f"suite {self.name!r} is split {self.split!r}, not 'heldout'")
+        problems = []
+        for other in development:
+            seeds = sorted(set(self.seeds) & set(other.seeds))
+            if seeds:
+                problems.append(f"start seeds {seeds} are in suite {other.name!r}")
+            theirs = {p.identity: p.name for p in other.policies}
+            for policy in self.policies:
+                if policy.identity in theirs:
+                    problems.append(
+                        f"policy {policy.name!r} is {theirs[policy.identity]!r} of suite "
+                        f"{other.name!r}"
+                    )
+        if problems:
+            raise ValueError(
+                f"held-out suite {self.name!r} is not held out: " + "; ".join(problems)
+            )
 
 
 @dataclass(frozen=True)
@@ -251,7 +303,7 @@ def suite_from_dict(raw: dict[str, Any], default_name: str = "suite") -> Suite:
     """Build and validate a :class:`Suite` from plain data (unknown keys are errors)."""
     known = {
         "name", "world", "tasks", "seeds", "policies", "conditions", "judge", "episodes",
-        "episode_length", "seed",
+        "episode_length", "seed", "split",
     }  # fmt: skip
     for key in raw:
         lookup("suite key", key, _names(known))
@@ -270,6 +322,7 @@ def suite_from_dict(raw: dict[str, Any], default_name: str = "suite") -> Suite:
             episodes=raw.get("episodes"),
             episode_length=int(raw.get("episode_length", 40)),
             seed=int(raw.get("seed", 0)),
+            split=str(raw.get("split", "development")),
         )
     except TypeError as error:  # an unknown field inside a section
         raise ValueError(f"invalid suite: {error}") from error

@@ -24,7 +24,7 @@ from benchmarks.suite import ConditionSpec, EpisodeKey, Suite
 from policies.base import check_action, uses_image
 from wm_env.errors import CorruptFileError
 
-EDIT_SALT, INSTRUCTION_SALT, MODEL_SALT, POLICY_SALT = 12, 13, 14, 15
+EDIT_SALT, INSTRUCTION_SALT, MODEL_SALT, POLICY_SALT, NOISE_SALT = 12, 13, 14, 15, 16
 
 
 @dataclass

@@ -341,13 +341,13 @@ def test_agreement_suite_is_the_default_suite_plus_the_cem_agent(monkeypatch):
     from pathlib import Path
 
     import policies.expert_plan as expert_plan
-    from benchmarks.agreement import AgreementConfig
+    from benchmarks.agreement import AgreementConfig, split_suite
     from benchmarks.runner import build_policy_factory
     from policies.cem import CEMPolicy
 
     suites = Path(__file__).parents[1] / "benchmarks" / "suites"
     default, agreement = load_suite(suites / "default.yaml"), load_suite(suites / "agreement.yaml")
-    assert AgreementConfig().suite.resolve() == (suites / "agreement.yaml").resolve()
+    assert split_suite(AgreementConfig())[0].resolve() == (suites / "agreement.yaml").resolve()
     assert agreement.policies[:-1] == default.policies and agreement.policies[-1].name == "cem"
     for part in ("world", "tasks", "seeds", "conditions", "judge", "episode_length"):
         assert getattr(agreement, part) == getattr(default, part), part
@@ -378,7 +378,7 @@ def test_run_options_share_the_machines_cores_among_processes(monkeypatch):
 
 
 def test_world_options_added_later_change_the_hash_only_when_set():
-    """Run directories made before dtype/num_steps/decoder existed stay resumable."""
+    """Run directories made before dtype/num_steps/decoder, split and noise existed stay resumable."""
     import hashlib
     import json
 
@@ -386,6 +386,9 @@ def test_world_options_added_later_change_the_hash_only_when_set():
     before = suite.to_dict()
     for option in ("dtype", "num_steps", "decoder"):  # the suite as it was hashed then
         del before["world"][option]
+    del before["split"]  # added later too, as was each policy's noise
+    for policy in before["policies"]:
+        del policy["noise"]
     text = json.dumps(before, sort_keys=True, default=str)
     assert suite.hash() == hashlib.sha256(text.encode()).hexdigest()
     for option in ({"dtype": "bf16"}, {"num_steps": 2}, {"decoder": "light"}):
