@@ -22,8 +22,9 @@ import pandas as pd
 
 from benchmarks.leaderboard import CLEAN, load_rows
 from benchmarks.metrics import wilson_interval
-from benchmarks.runner import RunOptions, episode_file, plans_in_suite_bundle, run_suite
+from benchmarks.runner import RUN_NAME, RunOptions, episode_file, plans_in_suite_bundle, run_suite
 from benchmarks.suite import EpisodeKey, Suite, WorldSpec
+from judges.correction import JudgeCalibration
 
 BOOTSTRAP_SAMPLES = 1000
 
@@ -41,7 +42,8 @@ def mmrv(true: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def correlations(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """Pearson, Spearman and MMRV between per-policy true and predicted values."""
+    """Pearson, Spearman, MMRV and the mean absolute error between per-policy true and
+    predicted values (the error is what a reader of one number, "0.5", is told wrong)."""
     from scipy import stats
 
     true, predicted = np.asarray(true, float), np.asarray(predicted, float)
@@ -50,6 +52,7 @@ def correlations(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
         "pearson": float("nan") if constant else float(stats.pearsonr(true, predicted)[0]),
         "spearman": float("nan") if constant else float(stats.spearmanr(true, predicted)[0]),
         "mmrv": mmrv(true, predicted),
+        "mean_abs_error": float(np.mean(np.abs(true - predicted))),
     }
 
 
@@ -88,12 +91,19 @@ def weighted_rates(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return (weights @ np.where(present, values, 0.0).T) / (weights @ present.T)
 
 
-def compare(sim_rows, wm_rows, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compare(
+    sim_rows, wm_rows, seed: int = 0, calibration: JudgeCalibration | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-policy table, summary table of correlations with bootstrap 95% intervals).
 
     The bootstrap resamples the shared starts (task, seed, index) with replacement and
-    recomputes every policy's success and drop in both worlds from the same resample.
+    recomputes every policy's success and drop in both worlds from the same resample. With the
+    judge's ``calibration`` the table also has the world model's judge-corrected success
+    (``wm_success_calibrated`` and its interval) and the summary the quantity
+    ``success_calibrated``: the same correction applied to every resample.
     """
+    from judges.correction import corrected_point, corrected_rate
+
     sim, wm = load_rows(sim_rows), load_rows(wm_rows)
     policies = sorted(set(sim["policy"]) & set(wm["policy"]))
     table = []
@@ -110,6 +120,12 @@ def compare(sim_rows, wm_rows, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFram
                 f"{world}_success_hi": hi, f"{world}_episodes": n,
                 f"{world}_drop": (k / n - perturbed.mean()) if n and len(perturbed) else np.nan,
             })  # fmt: skip
+            if world == "wm" and calibration is not None:
+                estimate, lo, hi = corrected_rate(k, n, calibration)
+                entry.update({
+                    "wm_success_calibrated": estimate, "wm_success_calibrated_lo": lo,
+                    "wm_success_calibrated_hi": hi,
+                })  # fmt: skip
         table.append(entry)
     table = pd.DataFrame(table)
     starts = sorted(
@@ -122,19 +138,28 @@ def compare(sim_rows, wm_rows, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFram
     matrices = {
         world: start_matrices(f, policies, starts) for world, f in (("sim", sim), ("wm", wm))
     }
+
+    def resampled(world: str, quantity: str) -> np.ndarray:  # (B, P)
+        clean, perturbed = matrices[world]
+        rates = weighted_rates(clean, weights)
+        if quantity == "drop":
+            return rates - weighted_rates(perturbed, weights)
+        if quantity == "success_calibrated" and world == "wm":
+            return corrected_point(rates, calibration)
+        return rates
+
+    quantities = {"success": "wm_success", "drop": "wm_drop"}
+    if calibration is not None:
+        quantities["success_calibrated"] = "wm_success_calibrated"
     summary = []
-    for q, quantity in enumerate(("success", "drop")):
-        true = table[f"sim_{quantity}"].to_numpy(float)
-        predicted = table[f"wm_{quantity}"].to_numpy(float)
+    for quantity, column in quantities.items():
+        true = table["sim_drop" if quantity == "drop" else "sim_success"].to_numpy(float)
+        predicted = table[column].to_numpy(float)
         if np.isnan(true).any() or np.isnan(predicted).any():
             continue
-        resampled = {}
-        for world, (clean, perturbed) in matrices.items():
-            rates = weighted_rates(clean, weights)  # (B, P)
-            resampled[world] = rates if q == 0 else rates - weighted_rates(perturbed, weights)
         point = correlations(true, predicted)
         values = {name: [] for name in point}
-        for a, b in zip(resampled["sim"], resampled["wm"], strict=True):
+        for a, b in zip(resampled("sim", quantity), resampled("wm", quantity), strict=True):
             if np.isnan(a).any() or np.isnan(b).any():
                 continue
             for name, value in correlations(a, b).items():
@@ -300,6 +325,9 @@ class AgreementConfig:
     """override the judge's location: a probe directory, a VLM checkpoint or a server URL."""
     judge_inputs: str | None = None
     """probe judge only: "latents" judges the world model's own latents (no decoding)."""
+    calibration: Path | None = None
+    """the judge's calibration (``wmgym judge calibrate --save``) behind the judge-corrected
+    success; default: the one in the judge's directory measured on this bundle, if any."""
     workers: int = 1
     """local worker processes for the sim side."""
     threads: int | None = None
@@ -347,22 +375,22 @@ def check_split(suite: Suite, split: str) -> None:
 
 
 def run_agreement(config: AgreementConfig) -> dict[str, Path]:
-    from benchmarks.bench import LeaderboardConfig, configured_suite
+    from benchmarks.bench import LeaderboardConfig, configured_suite, run_calibration
 
     suite_path, out = split_suite(config)
-    suite = configured_suite(
-        LeaderboardConfig(
-            suite=suite_path,
-            seeds=config.seeds,
-            conditions=config.conditions,
-            bundle=config.bundle,
-            dtype=config.dtype,
-            num_steps=config.num_steps,
-            decoder=config.decoder,
-            judge_path=config.judge_path,
-            judge_inputs=config.judge_inputs,
-        )  # fmt: skip
+    leaderboard_config = LeaderboardConfig(
+        suite=suite_path,
+        seeds=config.seeds,
+        conditions=config.conditions,
+        bundle=config.bundle,
+        dtype=config.dtype,
+        num_steps=config.num_steps,
+        decoder=config.decoder,
+        judge_path=config.judge_path,
+        judge_inputs=config.judge_inputs,
+        calibration=config.calibration,
     )
+    suite = configured_suite(leaderboard_config)
     check_split(suite, config.split)
     if suite.world.type != "world_model":
         suite = suite.with_world(replace(suite.world, type="world_model"))
@@ -381,7 +409,13 @@ def run_agreement(config: AgreementConfig) -> dict[str, Path]:
     wm_log = run_suite(suite, out / "wm", RunOptions(threads=config.threads))
     # a run directory can hold seeds the suite no longer has (seeds can change between runs)
     sim_rows = sim_log.rows_for(sim_suite.episode_keys())
-    table, summary = compare(sim_rows, wm_log.rows_for(suite.episode_keys()), seed=suite.seed)
+    provenance = json.loads((out / "wm" / RUN_NAME).read_text())
+    calibration, calibration_note = run_calibration(leaderboard_config, suite, provenance)
+    if not isinstance(calibration, JudgeCalibration):  # an oracle judge needs no correction
+        calibration = None
+    table, summary = compare(
+        sim_rows, wm_log.rows_for(suite.episode_keys()), seed=suite.seed, calibration=calibration
+    )
     replays = update_replays(suite, out / "sim", sim_rows, out / "replays.csv")
     replay_stats = replay_summary(replays)
     table.to_csv(out / "agreement.csv", index=False, float_format="%.4f")
@@ -391,6 +425,7 @@ def run_agreement(config: AgreementConfig) -> dict[str, Path]:
             {
                 "split": suite.split,
                 "suite": suite.name,
+                "calibration": calibration_note,
                 "summary": summary.to_dict("records"),
                 "replays": replay_stats,
             },
@@ -438,10 +473,16 @@ def scatter_plot(table: pd.DataFrame, path: Path) -> Path:
             fmt="o", capsize=2,
         )  # fmt: skip
         axis.annotate(row["policy"], (x, y), textcoords="offset points", xytext=offset, fontsize=7)
+        if "wm_success_calibrated" in table and not np.isnan(row["wm_success_calibrated"]):
+            calibrated = row["wm_success_calibrated"]
+            axis.plot([x, x], [y, calibrated], color="grey", linewidth=0.6)
+            axis.plot(x, calibrated, "o", markerfacecolor="none", color="grey")
     axis.set_xlim(-0.03, 1.03)
     axis.set_ylim(-0.03, 1.03)
     axis.set_xlabel("success in the sim (truth)")
     axis.set_ylabel("success in the world model")
+    if "wm_success_calibrated" in table:
+        axis.set_title("open circles: judge-corrected", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -95,6 +95,15 @@ class JudgeCalibration:
             )
 
 
+def corrected_point(observed: float | np.ndarray, calibration: JudgeCalibration) -> np.ndarray:
+    """The Rogan-Gladen estimate of observed rate(s), clipped to [0, 1]; NaN where the judge
+    carries no information (TPR <= FPR). Any shape in, the same shape out."""
+    c = calibration
+    if c.tpr <= c.fpr:
+        return np.full(np.shape(observed), np.nan)
+    return np.clip((np.asarray(observed, float) - c.fpr) / (c.tpr - c.fpr), 0.0, 1.0)
+
+
 def corrected_rate(
     successes: int, episodes: int, calibration: JudgeCalibration, seed: int = 0
 ) -> tuple[float, float, float]:
@@ -106,8 +115,7 @@ def corrected_rate(
         return (np.nan, np.nan, np.nan)
     if calibration.tpr <= calibration.fpr:
         return (np.nan, np.nan, np.nan)
-    q = successes / episodes
-    estimate = float(np.clip((q - calibration.fpr) / (calibration.tpr - calibration.fpr), 0, 1))
+    estimate = float(corrected_point(successes / episodes, calibration))
     rng = np.random.default_rng(seed)
     c = calibration
     q_draw = rng.beta(successes + 0.5, episodes - successes + 0.5, DRAWS)

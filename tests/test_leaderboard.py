@@ -337,6 +337,33 @@ def test_compare_worlds_per_policy_and_bootstrap():
     assert stats["missed_success"]["rate"] == 0.5
 
 
+def test_compare_with_a_calibration_corrects_every_resample_and_measures_the_error():
+    """A judge with TPR 0.5 and FPR 0.1 halves and lifts the world model's rates; the corrected
+    ones land on the truth, so the absolute error falls while the ranking cannot change."""
+    from benchmarks.agreement import compare
+    from judges.correction import JudgeCalibration
+
+    calibration = JudgeCalibration("probe:probe", "j", "b", 50, 100, 10, 100)
+    sim, wm = [], []
+    for seed in range(20):
+        for policy, p_sim in (("hi", 0.9), ("mid", 0.5), ("lo", 0.1)):
+            p_wm = 0.1 + 0.4 * p_sim  # what this judge reports of the true rate
+            sim.append(row(policy, "lift", "clean", seed, seed, (seed + 0.5) / 20 < p_sim))
+            wm.append(row(policy, "lift", "clean", seed, seed, (seed + 0.5) / 20 < p_wm))
+    table, summary = compare(sim, wm, calibration=calibration)
+    table = table.set_index("policy")
+    assert table.loc["hi", "wm_success"] == pytest.approx(0.45)
+    assert table.loc["hi", "wm_success_calibrated"] == pytest.approx(0.875)
+    lo, hi = table.loc["hi", ["wm_success_calibrated_lo", "wm_success_calibrated_hi"]]
+    assert lo < 0.875 < hi
+    values = summary.set_index(["quantity", "metric"])["value"]
+    assert (
+        values["success_calibrated", "mean_abs_error"] < 0.05 < values["success", "mean_abs_error"]
+    )
+    assert values["success_calibrated", "spearman"] == values["success", "spearman"]
+    assert "success_calibrated" not in set(compare(sim, wm)[1]["quantity"])
+
+
 def test_agreement_suite_is_the_default_suite_plus_the_cem_agent(monkeypatch):
     from pathlib import Path
 
