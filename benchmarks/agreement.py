@@ -191,12 +191,12 @@ class ReplayPolicy:
         return action
 
 
-REPLAY_KEY = ("policy", "task", "seed", "index")
-REPLAY_COLUMNS = (*REPLAY_KEY, "sim_success", "wm_success", "wm_score", "judge")
+REPLAY_KEY = ("policy", "task", "seed", "index", "judge")
+REPLAY_COLUMNS = (*REPLAY_KEY, "sim_success", "wm_success", "wm_score")
 
 
 def replay_key(row: dict[str, Any]) -> tuple:
-    """A replay's identity: its sim episode's (policy, task, seed, index)."""
+    """A replay verdict's identity: its sim episode's (policy, task, seed, index) and judge."""
     return tuple(row[k] for k in REPLAY_KEY)
 
 
@@ -209,20 +209,38 @@ def replayable(sim_rows) -> list[dict[str, Any]]:
     ]
 
 
+def replay_judges(suite: Suite, extra: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
+    """``[(judge id, judge)]``: the suite's judge, then each of ``extra`` (judge locations:
+    a probe or read-out directory, a VLM checkpoint, a URL)."""
+    from benchmarks.runner import build_judge, judge_identity
+    from judges.registry import load_judge
+
+    judges = [build_judge(suite), *(load_judge(str(location)) for location in extra)]
+    named = [(judge_identity(suite, judge)[0], judge) for judge in judges]
+    names = [name for name, _ in named]
+    if len(set(names)) != len(names):
+        raise ValueError(f"replay judges must be distinct; got {names}")
+    return named
+
+
 def judge_replays(
-    suite: Suite, sim_dir: Path, episodes: list[dict[str, Any]], out_dir: Path
+    suite: Suite,
+    sim_dir: Path,
+    episodes: list[dict[str, Any]],
+    out_dir: Path,
+    judges: list[tuple[str, Any]] | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Replay each sim episode's actions (rows of :func:`replayable`) in the world model from
-    the same start and judge the generated video; yields each batch's rows (``REPLAY_COLUMNS``)
-    as soon as it is judged."""
-    from benchmarks.runner import build_judge, judge_identity
+    the same start and judge the generated video with each of ``judges`` (default: the suite's
+    judge); yields each batch's rows (``REPLAY_COLUMNS``, one per episode and judge) as soon
+    as it is judged. An episode row may carry ``"judges"``: the ids of the judges it still
+    needs (default: all)."""
     from benchmarks.worlds import WorldModelWorld, render_starts
 
+    judges = judges if judges is not None else replay_judges(suite)
     clean_suite = replace(suite, conditions=suite.conditions[:1])
     starts = render_starts(suite.tasks, suite.seeds, suite.world.resolution, out_dir / "starts")
     world = WorldModelWorld(clean_suite, starts)
-    judge = build_judge(suite)
-    judge_id, _ = judge_identity(suite, judge)
     try:
         for i in range(0, len(episodes), world.batch_size):
             batch = episodes[i : i + world.batch_size]
@@ -233,28 +251,43 @@ def judge_replays(
                     policies.append(ReplayPolicy(key.policy, data["actions"]))
             rows = []
             for row, result in zip(batch, world.run(keys, policies), strict=True):
-                verdict = judge.judge(result.frames, result.instruction)
-                rows.append({
-                    "policy": row["policy"], "task": row["task"], "seed": row["seed"],
-                    "index": row["index"], "sim_success": bool(row["success"]),
-                    "wm_success": verdict.success, "wm_score": verdict.score, "judge": judge_id,
-                })  # fmt: skip
+                wanted = row.get("judges")
+                for judge_id, judge in judges:
+                    if wanted is not None and judge_id not in wanted:
+                        continue
+                    verdict = judge.judge(result.frames, result.instruction)
+                    rows.append({
+                        "policy": row["policy"], "task": row["task"], "seed": row["seed"],
+                        "index": row["index"], "sim_success": bool(row["success"]),
+                        "wm_success": verdict.success, "wm_score": verdict.score,
+                        "judge": judge_id,
+                    })  # fmt: skip
             yield rows
     finally:
         world.close()
 
 
-def update_replays(suite: Suite, sim_dir: Path, sim_rows, path: Path) -> pd.DataFrame:
-    """:func:`judge_replays` of the clean sim episodes in ``sim_rows``, reusing the replays
-    already judged in ``path``: a resumed or extended run replays only the episodes not judged
-    yet. ``path`` is rewritten (atomically) after every judged batch, so an interrupted run
-    keeps the batches it finished. Returns the replays of ``sim_rows``' episodes, in order."""
+def update_replays(
+    suite: Suite,
+    sim_dir: Path,
+    sim_rows,
+    path: Path,
+    judges: list[tuple[str, Any]] | None = None,
+) -> pd.DataFrame:
+    """:func:`judge_replays` of the clean sim episodes in ``sim_rows`` by each of ``judges``
+    (default: the suite's), reusing the verdicts already in ``path``: a resumed or extended run
+    replays only the episodes some judge has not judged yet, and asks only those judges.
+    ``path`` is rewritten (atomically) after every judged batch, so an interrupted run keeps
+    the batches it finished. Returns the verdicts on ``sim_rows``' episodes, in order (one row
+    per episode and judge)."""
+    judges = judges if judges is not None else replay_judges(suite)
+    judge_ids = [judge_id for judge_id, _ in judges]
     episodes = replayable(sim_rows)
-    keys = [replay_key(r) for r in episodes]
+    keys = [replay_key({**r, "judge": j}) for r in episodes for j in judge_ids]
     wanted = set(keys)
     done: dict[tuple, dict] = {}
     if path.exists():
-        cached = pd.read_csv(path, dtype={"policy": str, "task": str})
+        cached = pd.read_csv(path, dtype={"policy": str, "task": str, "judge": str})
         done = {replay_key(r): r for r in cached.to_dict("records")}
 
     def write(only_these: bool) -> pd.DataFrame:
@@ -266,26 +299,50 @@ def update_replays(suite: Suite, sim_dir: Path, sim_rows, path: Path) -> pd.Data
         os.replace(temporary, path)
         return table
 
-    todo = [r for r, key in zip(episodes, keys, strict=True) if key not in done]
+    todo = []
+    for r in episodes:
+        missing = [j for j in judge_ids if replay_key({**r, "judge": j}) not in done]
+        if missing:
+            todo.append({**r, "judges": missing})
     if todo:
-        for batch in judge_replays(suite, sim_dir, todo, path.parent):
+        for batch in judge_replays(suite, sim_dir, todo, path.parent, judges):
             done.update({replay_key(row): row for row in batch})
             write(only_these=False)
     return write(only_these=True)
 
 
-def replay_summary(replays: pd.DataFrame) -> dict[str, Any]:
-    """Hallucinated success (sim failures judged successes) and missed success, with Wilson."""
+def replay_rates(part: pd.DataFrame) -> dict[str, Any]:
+    """Hallucinated success (sim failures judged successes) and missed success, with Wilson,
+    of one judge's verdicts ``part`` (columns ``sim_success``, ``wm_success``)."""
     summary: dict[str, Any] = {}
     for name, truth, verdict in (
         ("hallucinated_success", False, True),
         ("missed_success", True, False),
     ):
-        part = replays[(replays["sim_success"] == truth) & replays["wm_success"].notna()]
-        k, n = int((part["wm_success"] == verdict).sum()), len(part)
+        decided = part[(part["sim_success"] == truth) & part["wm_success"].notna()]
+        k, n = int((decided["wm_success"] == verdict).sum()), len(decided)
         lo, hi = wilson_interval(k, n)
         summary[name] = {"rate": k / n if n else float("nan"), "lo": lo, "hi": hi, "episodes": n}
     return summary
+
+
+def replay_summary(replays: pd.DataFrame) -> dict[str, Any]:
+    """:func:`replay_rates` of the first judge in ``replays`` (the suite's), and under
+    ``"judges"`` of every judge and, with several, of ``all(...)``: success only when every
+    judge that decided says so (the conservative ensemble)."""
+    if "judge" not in replays or replays.empty:
+        return replay_rates(replays)
+    names = list(dict.fromkeys(replays["judge"]))
+    per_judge = {name: replay_rates(replays[replays["judge"] == name]) for name in names}
+    if len(names) > 1:
+        episode = ["policy", "task", "seed", "index"]
+        wide = replays.set_index([*episode, "judge"])["wm_success"].unstack("judge")
+        truth = replays.groupby(episode)["sim_success"].first()
+        decided = wide.notna().any(axis=1)
+        both = (~wide.eq(False).any(axis=1)).where(decided)  # no judge said no
+        combined = pd.DataFrame({"sim_success": truth, "wm_success": both})
+        per_judge[f"all({','.join(names)})"] = replay_rates(combined)
+    return {**per_judge[names[0]], "judges": per_judge}
 
 
 # ------------------------------------------------------------------ the command
@@ -325,6 +382,10 @@ class AgreementConfig:
     """override the judge's location: a probe directory, a VLM checkpoint or a server URL."""
     judge_inputs: str | None = None
     """probe judge only: "latents" judges the world model's own latents (no decoding)."""
+    replay_judge: tuple[str, ...] = ()
+    """more judges (probe or read-out directories, VLM checkpoints, URLs) that also judge the
+    world-model replays of the sim's clean episodes, beside the suite's judge: their
+    hallucinated and missed success, and that of all of them together, go in agreement.json."""
     calibration: Path | None = None
     """the judge's calibration (``wmgym judge calibrate --save``) behind the judge-corrected
     success; default: the one in the judge's directory measured on this bundle, if any."""
@@ -416,7 +477,8 @@ def run_agreement(config: AgreementConfig) -> dict[str, Path]:
     table, summary = compare(
         sim_rows, wm_log.rows_for(suite.episode_keys()), seed=suite.seed, calibration=calibration
     )
-    replays = update_replays(suite, out / "sim", sim_rows, out / "replays.csv")
+    judges = replay_judges(suite, config.replay_judge)
+    replays = update_replays(suite, out / "sim", sim_rows, out / "replays.csv", judges)
     replay_stats = replay_summary(replays)
     table.to_csv(out / "agreement.csv", index=False, float_format="%.4f")
     summary.to_csv(out / "agreement_summary.csv", index=False, float_format="%.4f")

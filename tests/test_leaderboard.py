@@ -135,7 +135,7 @@ def test_agreement_replays_only_episodes_not_replayed_before(tmp_path, monkeypat
     asked = []
     crash_at_seed = None
 
-    def fake_replays(suite, sim_dir, rows, out_dir):
+    def fake_replays(suite, sim_dir, rows, out_dir, judges):
         asked.append([(r["seed"], r["index"]) for r in rows])
         for r in rows:  # one batch per episode
             if r["seed"] == crash_at_seed:
@@ -143,10 +143,12 @@ def test_agreement_replays_only_episodes_not_replayed_before(tmp_path, monkeypat
             yield [
                 {"policy": r["policy"], "task": r["task"], "seed": r["seed"], "index": r["index"],
                  "sim_success": bool(r["success"]), "wm_success": r["seed"] % 2 == 0,
-                 "wm_score": 0.5, "judge": "probe:probe"}
+                 "wm_score": 0.5, "judge": judge}
+                for judge in r["judges"]
             ]  # fmt: skip
 
     monkeypatch.setattr(agreement, "judge_replays", fake_replays)
+    probe = [("probe:probe", None)]
     path = tmp_path / "replays.csv"
     suite = suite_from_dict(SUITE)
     rows = [row("a", "lift", "clean", s, s, s == 1) for s in range(3)]
@@ -154,13 +156,13 @@ def test_agreement_replays_only_episodes_not_replayed_before(tmp_path, monkeypat
     rows.append(row("a", "lift", "clean", 3, 3, None, error="down"))  # errored: never replayed
     crash_at_seed = 1  # interrupted after the first batch: that batch is kept
     with pytest.raises(KeyboardInterrupt):
-        agreement.update_replays(suite, tmp_path, rows[:2], path)
+        agreement.update_replays(suite, tmp_path, rows[:2], path, probe)
     assert pd.read_csv(path)["seed"].tolist() == [0]
     crash_at_seed = None
     asked.clear()
-    first = agreement.update_replays(suite, tmp_path, rows[:2], path)
+    first = agreement.update_replays(suite, tmp_path, rows[:2], path, probe)
     assert asked == [[(1, 1)]] and len(first) == 2
-    extended = agreement.update_replays(suite, tmp_path, rows, path)
+    extended = agreement.update_replays(suite, tmp_path, rows, path, probe)
     assert asked[1] == [(2, 2)]  # only the new clean episode
     assert extended["seed"].tolist() == [0, 1, 2] and extended["wm_success"].tolist() == [
         True,
@@ -168,8 +170,18 @@ def test_agreement_replays_only_episodes_not_replayed_before(tmp_path, monkeypat
         True,
     ]
     assert pd.read_csv(path)["seed"].tolist() == [0, 1, 2]
-    fewer = agreement.update_replays(suite, tmp_path, rows[1:2], path)
+    fewer = agreement.update_replays(suite, tmp_path, rows[1:2], path, probe)
     assert len(asked) == 2 and fewer["seed"].tolist() == [1]
+    # a second judge: every episode is replayed once more, and only it is asked
+    both = agreement.update_replays(suite, tmp_path, rows, path, [*probe, ("state:s", None)])
+    assert asked[2] == [(0, 0), (1, 1), (2, 2)] and len(both) == 6
+    assert set(both[both["judge"] == "state:s"]["seed"]) == {0, 1, 2}
+    assert (
+        agreement.update_replays(suite, tmp_path, rows, path, probe)["judge"]
+        .eq("probe:probe")
+        .all()
+        and len(asked) == 3
+    )
 
 
 def test_agreement_plot_labels_of_close_policies_do_not_overlap():
@@ -335,6 +347,20 @@ def test_compare_worlds_per_policy_and_bootstrap():
     stats = replay_summary(replays)
     assert stats["hallucinated_success"]["rate"] == 0.5  # 1 of 2 judged (one abstained)
     assert stats["missed_success"]["rate"] == 0.5
+    ids = {"policy": "p", "task": "lift", "seed": 0}
+    two = pd.DataFrame([
+        {**ids, "index": i, "judge": judge, "sim_success": truth, "wm_success": verdict}
+        for i, (truth, a, b) in enumerate(
+            [(False, True, False), (False, True, True), (True, True, None), (True, False, True)]
+        )
+        for judge, verdict in (("probe", a), ("state", b))
+    ])  # fmt: skip
+    stats = replay_summary(two)
+    assert stats["hallucinated_success"]["rate"] == 1.0  # the first judge's: the probe's
+    assert stats["judges"]["state"]["hallucinated_success"]["rate"] == 0.5
+    together = stats["judges"]["all(probe,state)"]
+    assert together["hallucinated_success"]["rate"] == 0.5  # both said yes on one of two
+    assert together["missed_success"]["rate"] == 0.5  # an abstention does not veto
 
 
 def test_compare_with_a_calibration_corrects_every_resample_and_measures_the_error():
