@@ -19,8 +19,9 @@ demo-sim: setup  # the scripted experts in the ground-truth sim (GIF grid)
 test: setup interop
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
-interop:  # the published clients whose pins clash with ours, in their own venv
+interop:  # the published clients and lerobot, whose pins clash with ours, in their own venvs
 	bash scripts/interop_venv.sh
+	bash scripts/lerobot_venv.sh
 
 test-all: setup interop
 	$(BIN)/python -m pytest -q --durations=10
