@@ -382,6 +382,9 @@ class AgreementConfig:
     """override the judge's location: a probe directory, a VLM checkpoint or a server URL."""
     judge_inputs: str | None = None
     """probe judge only: "latents" judges the world model's own latents (no decoding)."""
+    replays: bool = True
+    """judge world-model replays of the sim's clean episodes (the judge's hallucinated and
+    missed success); ``--no-replays`` skips them."""
     replay_judge: tuple[str, ...] = ()
     """more judges (probe or read-out directories, VLM checkpoints, URLs) that also judge the
     world-model replays of the sim's clean episodes, beside the suite's judge: their
@@ -477,9 +480,11 @@ def run_agreement(config: AgreementConfig) -> dict[str, Path]:
     table, summary = compare(
         sim_rows, wm_log.rows_for(suite.episode_keys()), seed=suite.seed, calibration=calibration
     )
-    judges = replay_judges(suite, config.replay_judge)
-    replays = update_replays(suite, out / "sim", sim_rows, out / "replays.csv", judges)
-    replay_stats = replay_summary(replays)
+    replay_stats: dict[str, Any] = {}
+    if config.replays:
+        judges = replay_judges(suite, config.replay_judge)
+        replays = update_replays(suite, out / "sim", sim_rows, out / "replays.csv", judges)
+        replay_stats = replay_summary(replays)
     table.to_csv(out / "agreement.csv", index=False, float_format="%.4f")
     summary.to_csv(out / "agreement_summary.csv", index=False, float_format="%.4f")
     (out / "agreement.json").write_text(

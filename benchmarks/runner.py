@@ -133,9 +133,9 @@ def continues(recorded: dict[str, Any], suite: Suite) -> bool:
 
     It may when the two differ only in what does not change the episodes already logged: the
     start seeds (every row is keyed by its seed and episode index, which do not change when
-    seeds are added, so more seeds only add episodes), which conditions run (rows are keyed by
-    the condition's name; a condition both suites name must be the same), and in the sim the
-    judge (the sim's oracle decides there; the suite's judge is the world model's).
+    seeds are added, so more seeds only add episodes), which conditions and policies run (rows
+    are keyed by their names; a condition or policy both suites name must be the same), and in
+    the sim the judge (the sim's oracle decides there; the suite's judge is the world model's).
     """
     config = recorded.get("suite_config")
     if not config:
@@ -144,10 +144,13 @@ def continues(recorded: dict[str, Any], suite: Suite) -> bool:
         before = suite_from_dict(config)
     except (ValueError, TypeError, KeyError):
         return False
-    recorded_conditions = {c.name: c for c in before.conditions}
-    if any(recorded_conditions.get(c.name, c) != c for c in suite.conditions):
-        return False
-    before = replace(before, seeds=suite.seeds, conditions=suite.conditions)
+    for part in ("conditions", "policies"):  # rows are keyed by name: the same name, the same
+        recorded_parts = {item.name: item for item in getattr(before, part)}
+        if any(recorded_parts.get(item.name, item) != item for item in getattr(suite, part)):
+            return False
+    before = replace(
+        before, seeds=suite.seeds, conditions=suite.conditions, policies=suite.policies
+    )
     if suite.world.type == "sim" and before.world.type == "sim":
         before = replace(before, judge=suite.judge)
     return before.hash() == suite.hash()

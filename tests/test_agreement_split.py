@@ -123,3 +123,11 @@ def test_condition_subset_override_and_resume(tmp_path):
                                  {"name": "distract", "type": "distractors", "count": 3}]}
     )  # fmt: skip
     assert not continues({"suite_config": both.to_dict()}, changed)
+    # policies too: added or dropped ones go on, a changed one under the same name does not
+    more = suite_from_dict(
+        {**SUITE, "policies": [*SUITE["policies"], {"name": "c", "spec": "zero", "noise": 0.1}]}
+    )
+    assert continues({"suite_config": both.to_dict()}, more)
+    assert continues({"suite_config": more.to_dict()}, both)
+    renoised = suite_from_dict({**SUITE, "policies": [{"name": "b", "spec": "zero", "noise": 0.1}]})
+    assert not continues({"suite_config": both.to_dict()}, renoised)
