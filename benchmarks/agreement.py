@@ -500,7 +500,9 @@ def run_agreement(config: AgreementConfig) -> dict[str, Path]:
         )  # fmt: skip
     )
     plot = scatter_plot(table, out / "agreement.png")
+    write_report(out)
     return {
+        "report": out / "agreement.md",
         "per_policy": out / "agreement.csv",
         "summary": out / "agreement_summary.csv",
         "replays": out / "replays.csv",
@@ -554,3 +556,86 @@ def scatter_plot(table: pd.DataFrame, path: Path) -> Path:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+# ------------------------------------------------------------------ report
+def _interval(value: float, lo: float, hi: float) -> str:
+    if np.isnan(value):
+        return "n/a"
+    return f"{value:.2f} [{lo:.2f}, {hi:.2f}]" if not np.isnan(lo) else f"{value:.2f}"
+
+
+def write_report(out: Path) -> Path:
+    """``<out>/agreement.md`` from a finished run's ``agreement.csv``, ``agreement_summary.csv``
+    and ``agreement.json``: per-policy success in both worlds, the summary, the replay judges."""
+    out = Path(out)
+    table = pd.read_csv(out / "agreement.csv")
+    summary = pd.read_csv(out / "agreement_summary.csv")
+    meta = json.loads((out / "agreement.json").read_text())
+    calibrated = "wm_success_calibrated" in table
+    lines = [
+        f"# Agreement with the sim: suite `{meta.get('suite', '?')}`, split "
+        f"**{meta.get('split', 'development')}**",
+        "",
+        f"Calibration: {meta.get('calibration', 'n/a')}.",
+        "",
+        "| policy | sim success | world-model success | "
+        + ("judge-corrected | " if calibrated else "")
+        + "sim drop | world-model drop |",
+        "|---|---|---|" + ("---|" if calibrated else "") + "---|---|",
+    ]
+    for row in table.sort_values("sim_success", ascending=False).itertuples(index=False):
+        cells = [
+            row.policy,
+            _interval(row.sim_success, row.sim_success_lo, row.sim_success_hi),
+            _interval(row.wm_success, row.wm_success_lo, row.wm_success_hi),
+        ]
+        if calibrated:
+            cells.append(
+                _interval(
+                    row.wm_success_calibrated,
+                    row.wm_success_calibrated_lo,
+                    row.wm_success_calibrated_hi,
+                )  # fmt: skip
+            )
+        cells += [f"{row.sim_drop:+.2f}", f"{row.wm_drop:+.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| quantity | Pearson | Spearman | MMRV | mean abs error |",
+        "|---|---|---|---|---|",
+    ]
+    for quantity, part in summary.groupby("quantity", sort=False):
+        by = part.set_index("metric")
+        cells = [
+            _interval(by.loc[m, "value"], by.loc[m, "lo"], by.loc[m, "hi"]) if m in by.index
+            else "n/a"
+            for m in ("pearson", "spearman", "mmrv", "mean_abs_error")
+        ]  # fmt: skip
+        lines.append(f"| {quantity} | " + " | ".join(cells) + " |")
+    judges = meta.get("replays", {}).get("judges") or (
+        {"suite judge": meta["replays"]} if meta.get("replays") else {}
+    )
+    if judges:
+        lines += [
+            "",
+            "World-model replays of the sim's clean episodes (same start, same actions):",
+            "",
+            "| judge | hallucinated success (sim failures judged successes) | missed success |",
+            "|---|---|---|",
+        ]
+        for name, stats in judges.items():
+            cells = [
+                f"{s['rate']:.3f} [{s['lo']:.2f}, {s['hi']:.2f}] of {s['episodes']}"
+                for s in (stats["hallucinated_success"], stats["missed_success"])
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    path = out / "agreement.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+if __name__ == "__main__":  # python -m benchmarks.agreement RUN_DIR: rewrite its agreement.md
+    import sys
+
+    print(write_report(Path(sys.argv[1])))

@@ -390,6 +390,31 @@ def test_compare_with_a_calibration_corrects_every_resample_and_measures_the_err
     assert "success_calibrated" not in set(compare(sim, wm)[1]["quantity"])
 
 
+def test_agreement_report_lists_policies_summary_and_replay_judges(tmp_path):
+    import json
+
+    from benchmarks.agreement import compare, write_report
+    from judges.correction import JudgeCalibration
+
+    sim = [row(p, "lift", c, s, s, (s + p_) % 3 == 0) for p, p_ in (("a", 0), ("b", 1))
+           for c in ("clean", "distract") for s in range(6)]  # fmt: skip
+    wm = [{**r, "success": not r["success"] if r["seed"] == 0 else r["success"]} for r in sim]
+    table, summary = compare(sim, wm, calibration=JudgeCalibration("p", "j", "b", 8, 10, 1, 10))
+    table.to_csv(tmp_path / "agreement.csv", index=False)
+    summary.to_csv(tmp_path / "agreement_summary.csv", index=False)
+    rates = {"rate": 0.1, "lo": 0.0, "hi": 0.3, "episodes": 10}
+    stats = {"hallucinated_success": rates, "missed_success": rates}
+    (tmp_path / "agreement.json").write_text(json.dumps({
+        "split": "heldout", "suite": "heldout", "calibration": "p on b",
+        "replays": {**stats, "judges": {"probe:probe": stats, "state:s": stats}},
+    }))  # fmt: skip
+    text = write_report(tmp_path).read_text()
+    assert "split **heldout**" in text and "judge-corrected" in text
+    assert "| success_calibrated |" in text and "| drop |" in text
+    assert "| state:s | 0.100 [0.00, 0.30] of 10 |" in text
+    assert text.index("| a |") < text.index("| b |")  # by sim success
+
+
 def test_agreement_suite_is_the_default_suite_plus_the_cem_agent(monkeypatch):
     from pathlib import Path
 
