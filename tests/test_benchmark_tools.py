@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from benchmarks.fidelity_compare import comparison_table, main
@@ -53,3 +54,16 @@ def test_bundle_cost_times_each_bundle_and_writes_the_ratio(tiny_bundle, tmp_pat
     assert all(ms > 0 for ms in figures["ms_per_frame"].values())
     assert json.loads(out.with_suffix(".json").read_text()) == figures
     assert "| ratio to the first |" in out.with_suffix(".md").read_text()
+
+
+def test_encoder_study_probe_recovers_a_linear_readout_and_not_noise():
+    from benchmarks.encoder_study import probe
+
+    rng = np.random.default_rng(0)
+    for dim in (20, 400):  # primal and dual (more dims than samples) solves
+        x, test_x = rng.normal(size=(300, dim)), rng.normal(size=(200, dim))
+        weights = rng.normal(size=(3, 2))  # the targets are linear in 3 of the features
+        fitted, _ = probe(x, x[:, :3] @ weights, test_x, test_x[:, :3] @ weights)
+        assert fitted.shape == (2,) and (fitted > 0.6).all()  # dual: at most about n / d
+        noise, _ = probe(x, rng.normal(size=(300, 2)), test_x, rng.normal(size=(200, 2)))
+        assert (noise < 0.1).all()
