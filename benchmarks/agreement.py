@@ -598,7 +598,7 @@ def write_report(out: Path) -> Path:
                     row.wm_success_calibrated_hi,
                 )  # fmt: skip
             )
-        cells += [f"{row.sim_drop:+.2f}", f"{row.wm_drop:+.2f}"]
+        cells += ["n/a" if np.isnan(d) else f"{d:+.2f}" for d in (row.sim_drop, row.wm_drop)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
