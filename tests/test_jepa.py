@@ -54,6 +54,9 @@ def test_loss_is_finite_trains_the_online_model_only_and_targets_are_normalised(
     kept, hidden = (torch.from_numpy(a) for a in block_masks(rng, 3, 4, 0.5))
     now, later = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
     loss, terms = jepa_loss(model, now, later, torch.tensor([1, 2, 1]), kept, hidden)
+    with_hinge, more = jepa_loss(model, now, later, torch.tensor([1, 2, 1]), kept, hidden, 1.0)
+    assert "variance_hinge" not in terms and 0 < more["variance_hinge"] <= 1
+    assert with_hinge > loss  # a fresh encoder's features vary less than the hinge asks
     loss.backward()
     assert torch.isfinite(loss) and terms["target_spread"] > 0
     assert all(p.grad is None for p in model.target.parameters())

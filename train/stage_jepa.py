@@ -46,6 +46,12 @@ class JEPAStageConfig:
         mask_ratio: share of frame ``t``'s tokens hidden from the encoder (one random block,
             topped up or trimmed to exactly this share).
         momentum: the target encoder's starting momentum (rises linearly to 1).
+        variance_weight: weight of a VICReg-style variance hinge on the encoder's features of
+            the later frame: each feature's standard deviation across the batch, at each token
+            position, is pushed up to 1. Without it a small encoder on these mostly static
+            scenes drifts towards features that encode the token's position and not what is
+            there, which the predictor then guesses trivially (measured: loss 0.55 -> 0.03 in
+            360 steps while the targets' spread across frames halved).
     """
 
     out: Path = Path("runs/jepa")
@@ -60,6 +66,7 @@ class JEPAStageConfig:
     max_offset: int = 4
     mask_ratio: float = 0.6
     momentum: float = 0.996
+    variance_weight: float = 1.0
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
             steps=6000,
@@ -152,12 +159,14 @@ def jepa_loss(
     offsets: torch.Tensor,
     kept: torch.Tensor,
     hidden: torch.Tensor,
+    variance_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Latent-prediction loss of one batch.
+    """Latent-prediction loss of one batch (plus the variance hinge when weighted).
 
     Args:
         now, later: normalised pixels ``(B, 3, S, S)`` of frames ``t`` and ``t + k``.
         offsets: ``k`` ``(B,)``; kept / hidden: token indices ``(B, K)`` / ``(B, M)`` of frame t.
+        variance_weight: see :class:`JEPAStageConfig`.
     """
     n = model.online.config.grid**2
     with torch.no_grad():
@@ -174,9 +183,15 @@ def jepa_loss(
     error_later = F.smooth_l1_loss(future, target[:, hidden.shape[1] :])
     loss = 0.5 * (error_now + error_later)
     spread = float(targets_now.std(dim=0).mean())  # near 0: collapsed targets
+    terms = {}
+    if variance_weight > 0:
+        online = model.online.backbone(later)  # (B, N, D)
+        hinge = F.relu(1.0 - torch.sqrt(online.var(dim=0) + 1e-4)).mean()  # per position, dim
+        loss = loss + variance_weight * hinge
+        terms["variance_hinge"] = float(hinge.detach())
     return loss, {
         "masked": float(error_now.detach()), "future": float(error_later.detach()),
-        "target_spread": spread,
+        "target_spread": spread, **terms,
     }  # fmt: skip
 
 
@@ -208,7 +223,7 @@ def run_jepa_stage(config: JEPAStageConfig, progress: bool = True) -> Path:
         as_tensor = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
         return jepa_loss(
             trainee, pixels(now), pixels(later), as_tensor(offsets), as_tensor(kept),
-            as_tensor(hidden),
+            as_tensor(hidden), config.variance_weight,
         )  # fmt: skip
 
     trainer = Trainer(
@@ -223,5 +238,6 @@ def run_jepa_stage(config: JEPAStageConfig, progress: bool = True) -> Path:
         "seconds": round(trainer.state.seconds, 1),
         "mask_ratio": config.mask_ratio,
         "momentum": config.momentum,
+        "variance_weight": config.variance_weight,
     }
     return encoder.save_pretrained(config.out / "encoder", info=info)
