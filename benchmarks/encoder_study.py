@@ -142,6 +142,13 @@ def study(spaces: list[str], train: dict, test: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def markdown_table(table: pd.DataFrame) -> str:
+    """A GitHub markdown table of ``table`` (no extra dependency)."""
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--space", nargs="+", default=["vae=models/default", "imagenet"])
@@ -164,8 +171,9 @@ def main() -> None:
         f"chosen on a 20% development part), R^2 on {len(test['frames'])} frames of "
         f"{args.test_episodes} held-out episodes of {args.test}.\n\n"
     )
-    (args.out / "encoder_study.md").write_text(header + table.to_markdown(index=False) + "\n")
-    print(table.to_markdown(index=False))
+    text = markdown_table(table)
+    (args.out / "encoder_study.md").write_text(header + text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,9 @@ def test_encoder_study_probe_recovers_a_linear_readout_and_not_noise():
         assert fitted.shape == (2,) and (fitted > 0.6).all()  # dual: at most about n / d
         noise, _ = probe(x, rng.normal(size=(300, 2)), test_x, rng.normal(size=(200, 2)))
         assert (noise < 0.1).all()
+    import pandas as pd
+
+    from benchmarks.encoder_study import markdown_table
+
+    text = markdown_table(pd.DataFrame({"space": ["vae"], "eef_r2": [0.5]}))
+    assert text.splitlines() == ["| space | eef_r2 |", "|---|---|", "| vae | 0.5 |"]
