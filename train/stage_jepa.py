@@ -197,8 +197,8 @@ def jepa_loss(
 
 def run_jepa_stage(config: JEPAStageConfig, progress: bool = True) -> Path:
     """Pretrain the encoder (resuming a run in ``config.out``); return ``<out>/encoder``."""
-    from wm_env.model.encoders import resize_and_normalize, to_float_images
-    from wm_env.model.jepa import PIXEL_MEAN, PIXEL_STD, JEPAEncoder
+    from wm_env.model.encoders import to_float_images
+    from wm_env.model.jepa import JEPAEncoder, jepa_pixels
 
     jepa = config.jepa_config()
     dataset, train, _ = load_split(config.data, progress)
@@ -206,11 +206,10 @@ def run_jepa_stage(config: JEPAStageConfig, progress: bool = True) -> Path:
     starts, lengths = train["starts"], train["lengths"]  # (E,) each
     model = JEPATrainee(jepa)
     device = torch.device(config.runtime.device)
-    size = (jepa.image_size, jepa.image_size)
 
     def pixels(rows: np.ndarray) -> torch.Tensor:
         images = to_float_images(frames[rows], device)  # (B, H, W, 3)
-        return resize_and_normalize(images, size, PIXEL_MEAN, PIXEL_STD)  # (B, 3, S, S)
+        return jepa_pixels(images, jepa.image_size)  # (B, 3, S, S)
 
     def loss_fn(wrapped, step: int):
         trainee = getattr(wrapped, "module", wrapped)  # DDP wraps it

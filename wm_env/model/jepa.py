@@ -26,6 +26,14 @@ from wm_env.model.encoders import Encoder, MissingWeightsError, resize_and_norma
 
 CONFIG_FILE = "config.json"
 PIXEL_MEAN, PIXEL_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # [0, 1] -> [-1, 1]
+
+
+def jepa_pixels(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Float ``(B, H, W, 3)`` in [0, 1] -> ``(B, 3, S, S)`` in [-1, 1] at the encoder's size:
+    what the backbone reads, in training and at run time alike."""
+    return resize_and_normalize(images, (image_size, image_size), PIXEL_MEAN, PIXEL_STD)
+
+
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -155,7 +163,7 @@ class JEPAEncoder(Encoder):
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Float ``(B, H, W, 3)`` in [0, 1] -> ``(B, 3, S, S)`` in [-1, 1] at the encoder's size."""
-        return resize_and_normalize(images, self._image_size, PIXEL_MEAN, PIXEL_STD)
+        return jepa_pixels(images, self.config.image_size)
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.pixels(images))  # (B, N, D)
